@@ -1,0 +1,1 @@
+"""libra-rcnn export: ONNX export of whole detectors and TensorRT engine building."""

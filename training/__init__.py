@@ -1,0 +1,1 @@
+"""libra-rcnn training: configs, data, models, trainer and evaluation (needs torch)."""
