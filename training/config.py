@@ -140,6 +140,9 @@ class AnchorConfig:
     sizes: Optional[List[List[float]]] = None  # explicit per-level sizes, overrides scales
     round_base: bool = False  # round base anchors to integers (torchvision)
     center_offset: float = 0.0  # 0.0: anchors centred on pixel corners (mmdet v2 / torchvision)
+    # torchvision computes a level's stride as padded image size // feature size, so P6 of an image
+    # whose P5 side is odd gets e.g. stride 59 instead of 64; true reproduces that (converted weights).
+    stride_from_image: bool = False
 
 
 @dataclass

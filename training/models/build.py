@@ -1,0 +1,229 @@
+"""Build detectors from the config: the only place that turns config fields into constructor kwargs.
+
+``build_model(cfg)`` reads ``cfg.model`` (a :class:`~training.config.Config` or a
+:class:`~training.config.ModelConfig`): backbone (``backbone.kind``), necks (FPN, then the Libra
+BFP when enabled), then the detector of ``model.arch``.
+"""
+from __future__ import annotations
+
+from typing import List, Union
+
+from torch import nn
+
+from ..config import AnchorConfig, BackboneConfig, Config, ModelConfig, SamplerConfig
+from .anchors import AnchorGenerator
+from .assigner import MaxIoUAssigner
+from .backbones.resnet import ResNetBackbone
+from .backbones.tiny import TinyBackbone
+from .box_coder import DeltaXYWHBoxCoder
+from .dense_heads.rpn_head import RPN, RPNHead
+from .faster_rcnn import FasterRCNN
+from .losses import BalancedL1Loss, L1Loss, SmoothL1Loss
+from .necks.fpn import FPN
+from .roi_heads.roi_head import BoxPredictor, MMDetLevelMapper, MultiLevelRoIAlign, RoIHead, TorchvisionLevelMapper, TwoFCHead
+from .samplers.base import BaseSampler
+from .samplers.random import RandomSampler
+
+__all__ = [
+    "build_model",
+    "build_backbone",
+    "build_necks",
+    "build_anchor_generator",
+    "build_sampler",
+    "build_bbox_loss",
+    "build_faster_rcnn",
+]
+
+# Candidates whose IoF with a target's ``ignore_boxes`` (crowd regions) exceeds this are neither
+# positives nor negatives.
+IGNORE_IOF_THR = 0.5
+
+
+def _model_cfg(cfg: Union[Config, ModelConfig]) -> ModelConfig:
+    return cfg.model if isinstance(cfg, Config) else cfg
+
+
+def build_backbone(cfg: BackboneConfig, *, pretrained: bool = True) -> nn.Module:
+    """ResNet or tiny backbone; loads ``cfg.pretrained`` (a local file) when set and ``pretrained``."""
+    if cfg.kind == "resnet":
+        backbone: nn.Module = ResNetBackbone(
+            depth=cfg.depth, frozen_stages=cfg.frozen_stages, norm=cfg.norm, gn_groups=cfg.gn_groups
+        )
+        if pretrained and cfg.pretrained:
+            backbone.load_pretrained(cfg.pretrained)  # type: ignore[operator]
+        return backbone
+    if cfg.kind == "tiny":
+        if cfg.pretrained:
+            raise ValueError("model.backbone.pretrained: the tiny backbone trains from scratch; set it to null")
+        return TinyBackbone(widths=cfg.widths, norm=cfg.norm, gn_groups=cfg.gn_groups, frozen_stages=cfg.frozen_stages)
+    raise ValueError(f"model.backbone.kind: unknown '{cfg.kind}'; expected 'resnet' or 'tiny'")
+
+
+def build_necks(cfg: ModelConfig, in_channels: List[int]) -> nn.ModuleList:
+    """FPN over backbone outputs C2..C5 (levels ``fpn.min_level``..``fpn.max_level``), then BFP."""
+    f = cfg.fpn
+    if not 2 <= f.min_level <= 5 or f.max_level < 5:
+        raise ValueError(f"model.fpn: need 2 <= min_level <= 5 <= max_level, got {f.min_level}..{f.max_level}")
+    necks = nn.ModuleList(
+        [
+            FPN(
+                in_channels=in_channels,
+                out_channels=f.out_channels,
+                num_outs=f.max_level - f.min_level + 1,
+                start_level=f.min_level - 2,
+                extra=f.extra,
+            )
+        ]
+    )
+    if cfg.bfp.enabled:
+        # Libra R-CNN's Balanced Feature Pyramid (a later issue) is appended here.
+        raise ValueError("model.bfp.enabled: the Balanced Feature Pyramid is not available in this build yet")
+    return necks
+
+
+def build_anchor_generator(cfg: AnchorConfig) -> AnchorGenerator:
+    """Anchors from explicit ``sizes`` (torchvision) or ``scales`` x stride (mmdetection)."""
+    return AnchorGenerator(
+        strides=cfg.strides,
+        ratios=cfg.ratios,
+        scales=None if cfg.sizes is not None else cfg.scales,
+        sizes_per_level=cfg.sizes,
+        round_base=cfg.round_base,
+        center_offset=cfg.center_offset,
+        stride_from_image=cfg.stride_from_image,
+    )
+
+
+def build_sampler(cfg: SamplerConfig, where: str) -> BaseSampler:
+    """The sampler named by ``cfg.kind``."""
+    if cfg.kind == "random":
+        return RandomSampler(num=cfg.num, pos_fraction=cfg.pos_fraction, neg_pos_ub=cfg.neg_pos_ub)
+    # The Libra samplers (IoU-balanced negatives, instance-balanced positives) are added here.
+    raise ValueError(f"{where}.sampler.kind: unknown '{cfg.kind}'; expected 'random'")
+
+
+def build_bbox_loss(
+    kind: str, *, where: str, smooth_l1_beta: float, alpha: float = 0.5, gamma: float = 1.5, beta: float = 1.0
+) -> nn.Module:
+    """A box loss with the ``training.models.losses`` signature (``avg_factor`` = sample count)."""
+    if kind == "l1":
+        return L1Loss()
+    if kind == "smooth_l1":
+        return SmoothL1Loss(beta=smooth_l1_beta)
+    if kind == "balanced_l1":
+        return BalancedL1Loss(alpha=alpha, gamma=gamma, beta=beta)
+    raise ValueError(f"{where}.bbox_loss: unknown '{kind}'; expected 'l1', 'smooth_l1' or 'balanced_l1'")
+
+
+def build_faster_rcnn(cfg: ModelConfig, backbone: nn.Module, necks: nn.ModuleList) -> FasterRCNN:
+    """Faster R-CNN with FPN from ``cfg`` around a built backbone and necks."""
+    num_classes = int(cfg.num_classes)  # type: ignore[arg-type]
+    channels = cfg.fpn.out_channels
+    num_levels = cfg.fpn.max_level - cfg.fpn.min_level + 1
+    r = cfg.rpn
+    if len(r.anchors.strides) != num_levels:
+        raise ValueError(
+            f"model.rpn.anchors.strides has {len(r.anchors.strides)} levels but the FPN makes {num_levels} "
+            f"(P{cfg.fpn.min_level}..P{cfg.fpn.max_level})"
+        )
+    anchor_generator = build_anchor_generator(r.anchors)
+    if len(set(anchor_generator.num_anchors_per_location())) != 1:
+        raise ValueError("model.rpn.anchors: the RPN head needs the same number of anchors on every level")
+    rpn = RPN(
+        head=RPNHead(
+            in_channels=channels, feat_channels=r.feat_channels, num_anchors=anchor_generator.num_anchors_per_location()[0]
+        ),
+        anchor_generator=anchor_generator,
+        box_coder=DeltaXYWHBoxCoder(target_means=r.target_means, target_stds=r.target_stds, clip=cfg.bbox_clip),
+        assigner=MaxIoUAssigner(
+            pos_iou_thr=r.pos_iou_thr,
+            neg_iou_thr=r.neg_iou_thr,
+            min_pos_iou=r.min_pos_iou,
+            allow_low_quality_matches=r.allow_low_quality_matches,
+            ignore_iof_thr=IGNORE_IOF_THR,
+        ),
+        sampler=build_sampler(r.sampler, "model.rpn"),
+        bbox_loss=build_bbox_loss(r.bbox_loss, where="model.rpn", smooth_l1_beta=r.smooth_l1_beta),
+        pre_nms_top_n_train=r.pre_nms_top_n_train,
+        pre_nms_top_n_test=r.pre_nms_top_n_test,
+        post_nms_top_n_train=r.post_nms_top_n_train,
+        post_nms_top_n_test=r.post_nms_top_n_test,
+        nms_thresh=r.nms_thresh,
+        min_box_size=r.min_box_size,
+        score_thresh=r.score_thresh,
+    )
+
+    h = cfg.roi_head
+    roi_levels = list(range(cfg.fpn.min_level, 6))  # P_min..P5: the levels built from backbone maps
+    if h.level_mapper == "torchvision":
+        mapper = TorchvisionLevelMapper(
+            k_min=roi_levels[0], k_max=roi_levels[-1], canonical_scale=h.canonical_scale, canonical_level=h.canonical_level
+        )
+    elif h.level_mapper == "mmdet":
+        mapper = MMDetLevelMapper(num_levels=len(roi_levels), finest_scale=h.finest_scale)  # type: ignore[assignment]
+    else:
+        raise ValueError(f"model.roi_head.level_mapper: unknown '{h.level_mapper}'; expected 'mmdet' or 'torchvision'")
+    roi_head = RoIHead(
+        roi_extractor=MultiLevelRoIAlign(
+            strides=[2**lvl for lvl in roi_levels],
+            output_size=h.roi_size,
+            sampling_ratio=h.sampling_ratio,
+            aligned=h.aligned,
+            level_mapper=mapper,
+        ),
+        box_head=TwoFCHead(in_channels=channels, roi_size=h.roi_size, fc_channels=h.fc_channels),
+        box_predictor=BoxPredictor(in_channels=h.fc_channels, num_classes=num_classes),
+        box_coder=DeltaXYWHBoxCoder(target_means=h.target_means, target_stds=h.target_stds, clip=cfg.bbox_clip),
+        assigner=MaxIoUAssigner(
+            pos_iou_thr=h.pos_iou_thr,
+            neg_iou_thr=h.neg_iou_thr,
+            min_pos_iou=h.min_pos_iou,
+            allow_low_quality_matches=False,
+            ignore_iof_thr=IGNORE_IOF_THR,
+        ),
+        sampler=build_sampler(h.sampler, "model.roi_head"),
+        bbox_loss=build_bbox_loss(
+            h.bbox_loss,
+            where="model.roi_head",
+            smooth_l1_beta=h.smooth_l1_beta,
+            alpha=h.balanced_l1_alpha,
+            gamma=h.balanced_l1_gamma,
+            beta=h.balanced_l1_beta,
+        ),
+        num_classes=num_classes,
+        add_gt_as_proposals=h.sampler.add_gt_as_proposals,
+        score_thresh=h.score_thresh,
+        nms_thresh=h.nms_thresh,
+        max_per_img=h.max_per_img,
+    )
+    return FasterRCNN(backbone=backbone, necks=necks, rpn=rpn, roi_head=roi_head, loss_weights=cfg.loss_weights)
+
+
+def build_model(cfg: Union[Config, ModelConfig], *, pretrained: bool = True) -> nn.Module:
+    """The detector of ``cfg.model.arch`` ("faster_rcnn" | "retinanet").
+
+    ``pretrained``: load ``model.backbone.pretrained`` when it is set (the trainer); checkpoint
+    loading passes False, since the checkpoint holds every weight.
+
+    Raises:
+        ValueError: ``model.num_classes`` unset, class names of the wrong length, an unknown kind,
+            or a loss weight named for a loss the detector does not return.
+    """
+    m = _model_cfg(cfg)
+    if m.num_classes is None:
+        raise ValueError(
+            "model.num_classes is None: set model.num_classes or let the trainer fill it from the annotation file"
+        )
+    if m.num_classes < 1:
+        raise ValueError(f"model.num_classes must be >= 1, got {m.num_classes}")
+    if m.class_names is not None and len(m.class_names) != m.num_classes:
+        raise ValueError(f"model.class_names has {len(m.class_names)} names but model.num_classes is {m.num_classes}")
+    backbone = build_backbone(m.backbone, pretrained=pretrained)
+    necks = build_necks(m, list(backbone.out_channels))  # type: ignore[arg-type]
+    if m.arch == "faster_rcnn":
+        return build_faster_rcnn(m, backbone, necks)
+    if m.arch == "retinanet":
+        from .retinanet import build_retinanet  # RetinaNet's builder lives beside its detector
+
+        return build_retinanet(m, backbone, necks)
+    raise ValueError(f"model.arch: unknown '{m.arch}'; expected 'faster_rcnn' or 'retinanet'")

@@ -1,0 +1,1 @@
+"""Weight converters from other libraries' detectors (``python -m training.models.convert.torchvision``)."""

@@ -1,0 +1,177 @@
+"""RetinaNet (Lin et al. 2017): backbone -> necks (FPN P3..P7, then e.g. BFP) -> RetinaHead.
+
+Shapes: B images [B, 3, H, W], padded and already normalised; L pyramid levels; M ground truths
+of an image; K classes (no background class: one sigmoid per class).
+
+Contract (shared with Faster R-CNN, see ``training/models/faster_rcnn.py``):
+
+* train mode: ``model(images, targets) -> {"retina_cls", "retina_bbox"}`` weighted scalar losses;
+  ``compute_losses`` returns them unweighted. ``targets[i]``: ``boxes`` float [M, 4] x1y1x2y2,
+  ``labels`` int64 [M] in 0..K-1, optional ``ignore_boxes`` float [I, 4], ``img_size`` (h, w).
+  Images without boxes train (focal loss on all-negative anchors, a graph-connected zero box loss).
+* eval: ``model.predict(images, image_sizes) -> [{"boxes": float32 [D, 4], "scores": float32 [D],
+  "labels": int64 [D]}]``, boxes clipped to ``image_sizes[i]`` (h, w).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..config import ModelConfig
+from .anchors import AnchorGenerator
+from .assigner import MaxIoUAssigner
+from .box_coder import DeltaXYWHBoxCoder
+from .dense_heads.retina_head import RetinaHead
+from .faster_rcnn import check_loss_weights, validate_targets, weighted_losses
+
+__all__ = ["RetinaNet", "build_retinanet"]
+
+
+class RetinaNet(nn.Module):
+    """One-stage detector (see the module docstring for the contract)."""
+
+    LOSS_NAMES: Tuple[str, ...] = ("retina_cls", "retina_bbox")
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        necks: Sequence[nn.Module],
+        head: RetinaHead,
+        anchor_generator: AnchorGenerator,
+        box_coder: DeltaXYWHBoxCoder,
+        assigner: MaxIoUAssigner,
+        loss_weights: Optional[Mapping[str, float]] = None,
+    ) -> None:
+        super().__init__()
+        num_anchors = anchor_generator.num_anchors_per_location()
+        if any(a != head.num_anchors for a in num_anchors):
+            raise ValueError(
+                f"RetinaNet: the head predicts {head.num_anchors} anchors per location but the anchor "
+                f"generator makes {num_anchors} per level"
+            )
+        self.backbone = backbone
+        self.necks = necks if isinstance(necks, nn.ModuleList) else nn.ModuleList(necks)
+        self.head = head
+        self.anchor_generator = anchor_generator
+        self.box_coder = box_coder
+        self.assigner = assigner
+        self.loss_weights = check_loss_weights(loss_weights, self.LOSS_NAMES, "retinanet")
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.num_classes
+
+    def extract_feats(self, images: Tensor) -> List[Tensor]:
+        """[B, 3, H, W] -> pyramid maps [B, C, Hi, Wi], finest first (P3..P7)."""
+        feats = self.backbone(images)
+        for neck in self.necks:
+            feats = neck(feats)
+        feats = list(feats)
+        if len(feats) != self.anchor_generator.num_levels:
+            raise ValueError(
+                f"RetinaNet: the necks give {len(feats)} levels but the anchors are set for "
+                f"{self.anchor_generator.num_levels} (model.retina_head.anchors.strides)"
+            )
+        return feats
+
+    def _anchors(self, feats: Sequence[Tensor], images: Tensor) -> List[Tensor]:
+        """Per level [Hi*Wi*A, 4], for the padded batch shape."""
+        return self.anchor_generator(feats, (int(images.shape[-2]), int(images.shape[-1])))
+
+    def compute_losses(self, images: Tensor, targets: Sequence[Dict[str, Tensor]]) -> Dict[str, Tensor]:
+        """Unweighted ``retina_cls`` and ``retina_bbox``."""
+        validate_targets(images, targets, self.num_classes)
+        feats = self.extract_feats(images)
+        cls_logits, bbox_deltas = self.head(feats)
+        anchors = self._anchors(feats, images)
+        return self.head.loss(
+            cls_logits, bbox_deltas, anchors, targets, assigner=self.assigner, box_coder=self.box_coder
+        )
+
+    def forward(
+        self,
+        images: Tensor,
+        targets: Optional[Sequence[Dict[str, Tensor]]] = None,
+        image_sizes: Optional[Sequence[Tuple[int, int]]] = None,
+    ):
+        """Train mode: weighted losses. Eval mode: ``predict(images, image_sizes)``."""
+        if self.training:
+            if targets is None:
+                raise ValueError("RetinaNet in train mode needs targets (call model.eval() to predict)")
+            return weighted_losses(self.compute_losses(images, targets), self.loss_weights)
+        if image_sizes is None:
+            image_sizes = [(int(images.shape[-2]), int(images.shape[-1]))] * images.shape[0]
+        return self.predict(images, image_sizes)
+
+    @torch.no_grad()
+    def predict(self, images: Tensor, image_sizes: Sequence[Tuple[int, int]]) -> List[Dict[str, Tensor]]:
+        """Detections per image (see the module docstring)."""
+        if len(image_sizes) != images.shape[0]:
+            raise ValueError(f"got {len(image_sizes)} image_sizes for a batch of {images.shape[0]} images")
+        feats = self.extract_feats(images)
+        cls_logits, bbox_deltas = self.head(feats)
+        anchors = self._anchors(feats, images)
+        return self.head.predict(cls_logits, bbox_deltas, anchors, image_sizes, box_coder=self.box_coder)
+
+
+def build_retinanet(cfg: ModelConfig, backbone: nn.Module, necks: nn.ModuleList) -> RetinaNet:
+    """RetinaNet from ``cfg`` (``cfg.retina_head``, ``cfg.fpn``) around a built backbone and necks.
+
+    Called by ``training.models.build.build_model`` for ``model.arch == "retinanet"``.
+    """
+    # imported here: build.py imports this module lazily, and its helpers are shared with Faster R-CNN
+    from .build import IGNORE_IOF_THR, build_anchor_generator, build_bbox_loss
+
+    h = cfg.retina_head
+    num_levels = cfg.fpn.max_level - cfg.fpn.min_level + 1
+    if len(h.anchors.strides) != num_levels:
+        raise ValueError(
+            f"model.retina_head.anchors.strides has {len(h.anchors.strides)} levels but the FPN makes "
+            f"{num_levels} (P{cfg.fpn.min_level}..P{cfg.fpn.max_level})"
+        )
+    anchor_generator = build_anchor_generator(h.anchors)
+    per_level = anchor_generator.num_anchors_per_location()
+    if len(set(per_level)) != 1:
+        raise ValueError(
+            f"model.retina_head.anchors: the head needs the same number of anchors on every level, got {per_level}"
+        )
+    head = RetinaHead(
+        num_classes=int(cfg.num_classes),  # type: ignore[arg-type]
+        in_channels=cfg.fpn.out_channels,
+        feat_channels=h.feat_channels,
+        stacked_convs=h.stacked_convs,
+        num_anchors=per_level[0],
+        prior_prob=h.prior_prob,
+        focal_alpha=h.focal_alpha,
+        focal_gamma=h.focal_gamma,
+        bbox_loss=build_bbox_loss(
+            h.bbox_loss,
+            where="model.retina_head",
+            smooth_l1_beta=h.smooth_l1_beta,
+            alpha=h.balanced_l1_alpha,
+            gamma=h.balanced_l1_gamma,
+            beta=h.balanced_l1_beta,
+        ),
+        score_thresh=h.score_thresh,
+        pre_nms_top_n=h.pre_nms_top_n,
+        nms_thresh=h.nms_thresh,
+        max_per_img=h.max_per_img,
+    )
+    return RetinaNet(
+        backbone=backbone,
+        necks=necks,
+        head=head,
+        anchor_generator=anchor_generator,
+        box_coder=DeltaXYWHBoxCoder(target_means=h.target_means, target_stds=h.target_stds, clip=cfg.bbox_clip),
+        assigner=MaxIoUAssigner(
+            pos_iou_thr=h.pos_iou_thr,
+            neg_iou_thr=h.neg_iou_thr,
+            min_pos_iou=h.min_pos_iou,
+            allow_low_quality_matches=h.allow_low_quality_matches,
+            ignore_iof_thr=IGNORE_IOF_THR,
+        ),
+        loss_weights=cfg.loss_weights,
+    )
