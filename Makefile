@@ -12,7 +12,7 @@ DATA_DIR ?= data/synthetic
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-slow data check-data train eval clean
+.PHONY: setup demo test test-slow data check-data train eval export clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,12 @@ train: data
 
 eval: data
 	$(PY) -m training.evaluate --config $(CONFIG) --checkpoint $(WORK_DIR)/model_final.pth --work-dir $(WORK_DIR) $(ARGS)
+
+# make export CONFIG=... CHECKPOINT=... [OUT=...]: one ONNX file (+ model.json) for ONNX Runtime / TensorRT.
+CHECKPOINT ?= $(WORK_DIR)/model_final.pth
+OUT ?= $(dir $(CHECKPOINT))export
+export: | $(STAMP)
+	$(PY) -m export.onnx_export --checkpoint $(CHECKPOINT) --config $(CONFIG) --out $(OUT) $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
