@@ -358,6 +358,11 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--work-dir", required=True, help="output directory of the run")
     parser.add_argument("--resume", action="store_true", help="continue from WORK_DIR/latest.pth")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    parser.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="log and skip corrupt/unreadable images instead of stopping (= --set data.skip_bad_images=true)",
+    )
     return parser.parse_args(argv)
 
 
@@ -371,7 +376,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("training").setLevel(logging.INFO if rank == 0 else logging.WARNING)
     try:
-        cfg = load_config(args.config, args.overrides)
+        overrides = list(args.overrides) + (["data.skip_bad_images=true"] if args.skip_bad_images else [])
+        cfg = load_config(args.config, overrides)
         train(cfg, Path(args.work_dir), resume=args.resume, progress=not args.no_progress)
     except (ConfigError, DatasetError, CheckpointError, NonFiniteLossError, EvaluationError) as exc:
         print(f"libra-train: error: {exc}", file=sys.stderr)
