@@ -36,7 +36,7 @@ XS = [-3.0, -1.2, -0.999, -0.6, -0.3, -0.05, -1e-3, 0.0, 1e-3, 0.02, 0.25, 0.5, 
 @pytest.mark.parametrize("alpha,gamma", [(0.5, 1.5), (0.2, 1.0), (0.5, 2.0)])
 def test_matches_paper_eq8_for_beta_one(alpha, gamma):
     x = torch.tensor(XS, dtype=torch.float64)
-    got = balanced_l1_loss(x, torch.zeros_like(x), alpha=alpha, gamma=gamma, beta=1.0)
+    got = balanced_l1_loss(x, torch.zeros_like(x), alpha=alpha, gamma=gamma, beta=1.0, reduction="none")
     want = torch.tensor([eq8(v, alpha, gamma) for v in XS], dtype=torch.float64)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
 
@@ -50,16 +50,16 @@ def test_matches_paper_eq8_for_beta_one(alpha, gamma):
 )
 def test_sample_values_table(beta, values):
     d = torch.tensor([0.05, 0.1, 0.5, 1.0, 2.0], dtype=torch.float64)
-    got = balanced_l1_loss(d + 3.0, torch.full_like(d, 3.0), alpha=ALPHA, gamma=GAMMA, beta=beta)
+    got = balanced_l1_loss(d + 3.0, torch.full_like(d, 3.0), alpha=ALPHA, gamma=GAMMA, beta=beta, reduction="none")
     torch.testing.assert_close(got, torch.tensor(values, dtype=torch.float64), rtol=0, atol=1e-6)
     # symmetric in the sign of pred - target
-    torch.testing.assert_close(balanced_l1_loss(-d, torch.zeros_like(d), beta=beta), got, rtol=0, atol=1e-12)
+    torch.testing.assert_close(balanced_l1_loss(-d, torch.zeros_like(d), beta=beta, reduction="none"), got, rtol=0, atol=1e-12)
 
 
 def test_gradient_is_eq7():
     xs = [v for v in XS if v != 0.0 and abs(v) != 1.0]
     x = torch.tensor(xs, dtype=torch.float64, requires_grad=True)
-    balanced_l1_loss(x, torch.zeros_like(x)).sum().backward()
+    balanced_l1_loss(x, torch.zeros_like(x), reduction="sum").backward()
     want = torch.tensor([eq7(v) for v in xs], dtype=torch.float64)
     torch.testing.assert_close(x.grad, want, rtol=0, atol=1e-9)
     # outliers get gamma, inliers near 1 approach gamma from below: gradient continuous at 1 for beta = 1
@@ -70,7 +70,7 @@ def test_gradient_is_eq7():
 def test_continuous_at_beta(beta):
     eps = 1e-9
     d = torch.tensor([beta - eps, beta, beta + eps], dtype=torch.float64)
-    loss = balanced_l1_loss(d, torch.zeros_like(d), beta=beta)
+    loss = balanced_l1_loss(d, torch.zeros_like(d), beta=beta, reduction="none")
     assert (loss[1] - loss[0]).abs() < 1e-7 and (loss[2] - loss[1]).abs() < 1e-7
     assert loss[1].item() == pytest.approx(GAMMA * beta + GAMMA / B - ALPHA * beta, abs=1e-12)
 
@@ -79,7 +79,7 @@ def test_beta_form_keeps_reference_gradient_jump():
     """For beta != 1 the reference form is kept verbatim: gradient ~4.045 at 0+ and ~1.701 below beta."""
     beta = 0.11
     d = torch.tensor([1e-9, beta - 1e-9, beta + 1e-9], dtype=torch.float64, requires_grad=True)
-    balanced_l1_loss(d, torch.zeros_like(d), beta=beta).sum().backward()
+    balanced_l1_loss(d, torch.zeros_like(d), beta=beta, reduction="sum").backward()
     assert d.grad[0].item() == pytest.approx(ALPHA / beta - ALPHA, abs=1e-6)  # 4.045
     assert d.grad[1].item() == pytest.approx(1.701, abs=1e-3)
     assert d.grad[2].item() == pytest.approx(GAMMA, abs=1e-12)
@@ -88,7 +88,7 @@ def test_beta_form_keeps_reference_gradient_jump():
 def test_module_reductions_weights_and_avg_factor():
     torch.manual_seed(0)
     pred, target = torch.randn(6, 4), torch.randn(6, 4)
-    elem = balanced_l1_loss(pred, target)
+    elem = balanced_l1_loss(pred, target, reduction="none")
     w = torch.rand(6, 4)
     assert torch.allclose(BalancedL1Loss(reduction="none")(pred, target), elem)
     assert torch.allclose(BalancedL1Loss()(pred, target), elem.mean())

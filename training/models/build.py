@@ -19,17 +19,23 @@ from .box_coder import DeltaXYWHBoxCoder
 from .dense_heads.rpn_head import RPN, RPNHead
 from .faster_rcnn import FasterRCNN
 from .losses import BalancedL1Loss, L1Loss, SmoothL1Loss
+from .necks.bfp import BalancedFeaturePyramid
 from .necks.fpn import FPN
 from .roi_heads.roi_head import BoxPredictor, MMDetLevelMapper, MultiLevelRoIAlign, RoIHead, TorchvisionLevelMapper, TwoFCHead
 from .samplers.base import BaseSampler
+from .samplers.combined import CombinedSampler
+from .samplers.instance_balanced import InstanceBalancedPosSampler
+from .samplers.iou_balanced import IoUBalancedNegSampler
 from .samplers.random import RandomSampler
 
 __all__ = [
     "build_model",
     "build_backbone",
     "build_necks",
+    "build_bfp",
     "build_anchor_generator",
     "build_sampler",
+    "SAMPLER_KINDS",
     "build_bbox_loss",
     "build_faster_rcnn",
 ]
@@ -76,9 +82,29 @@ def build_necks(cfg: ModelConfig, in_channels: List[int]) -> nn.ModuleList:
         ]
     )
     if cfg.bfp.enabled:
-        # Libra R-CNN's Balanced Feature Pyramid (a later issue) is appended here.
-        raise ValueError("model.bfp.enabled: the Balanced Feature Pyramid is not available in this build yet")
+        necks.append(build_bfp(cfg))
     return necks
+
+
+def build_bfp(cfg: ModelConfig) -> BalancedFeaturePyramid:
+    """Libra R-CNN's Balanced Feature Pyramid over the FPN's levels (``model.bfp``)."""
+    b = cfg.bfp
+    num_levels = cfg.fpn.max_level - cfg.fpn.min_level + 1
+    if not 0 <= b.refine_level < num_levels:
+        raise ValueError(
+            f"model.bfp.refine_level: {b.refine_level} is not a level of the FPN's {num_levels} outputs "
+            f"(P{cfg.fpn.min_level}..P{cfg.fpn.max_level}); expected 0..{num_levels - 1}"
+        )
+    try:
+        return BalancedFeaturePyramid(
+            in_channels=cfg.fpn.out_channels,
+            num_levels=num_levels,
+            refine_level=b.refine_level,
+            refine_type=b.refine_type,
+            init=b.init,
+        )
+    except ValueError as e:
+        raise ValueError(f"model.bfp: {e}") from None
 
 
 def build_anchor_generator(cfg: AnchorConfig) -> AnchorGenerator:
@@ -94,12 +120,48 @@ def build_anchor_generator(cfg: AnchorConfig) -> AnchorGenerator:
     )
 
 
-def build_sampler(cfg: SamplerConfig, where: str) -> BaseSampler:
-    """The sampler named by ``cfg.kind``."""
-    if cfg.kind == "random":
-        return RandomSampler(num=cfg.num, pos_fraction=cfg.pos_fraction, neg_pos_ub=cfg.neg_pos_ub)
-    # The Libra samplers (IoU-balanced negatives, instance-balanced positives) are added here.
-    raise ValueError(f"{where}.sampler.kind: unknown '{cfg.kind}'; expected 'random'")
+SAMPLER_KINDS = ("random", "libra", "iou_balanced", "instance_balanced")
+
+
+def build_sampler(cfg: SamplerConfig, where: str, *, neg_iou_thr: float) -> BaseSampler:
+    """The sampler named by ``cfg.kind`` (one of :data:`SAMPLER_KINDS`).
+
+    * "random": uniform positives and negatives (baselines; the Libra RPN with ``neg_pos_ub: 5``).
+    * "libra": instance-balanced positives + IoU-balanced negatives (the Libra R-CNN stage).
+    * "iou_balanced": random positives + IoU-balanced negatives (ablation).
+    * "instance_balanced": instance-balanced positives + random negatives (ablation: the paper's
+      "Pos Balance", Table 4).
+
+    ``neg_iou_thr`` is the stage assigner's negative threshold: the top of the IoU range that
+    ``binning: paper`` divides into ``num_bins``.
+    """
+    if cfg.kind not in SAMPLER_KINDS:
+        raise ValueError(
+            f"{where}.sampler.kind: unknown '{cfg.kind}'; expected one of {', '.join(repr(k) for k in SAMPLER_KINDS)}"
+        )
+    budget = dict(num=cfg.num, pos_fraction=cfg.pos_fraction, neg_pos_ub=cfg.neg_pos_ub)
+    iou_options = dict(
+        num_bins=cfg.num_bins,
+        floor_thr=cfg.floor_thr,
+        floor_fraction=cfg.floor_fraction,
+        binning=cfg.binning,
+        neg_iou_thr=neg_iou_thr,
+    )
+    try:
+        if cfg.kind == "random":
+            return RandomSampler(**budget)
+        if cfg.kind == "iou_balanced":
+            return IoUBalancedNegSampler(**iou_options, **budget)
+        if cfg.kind == "instance_balanced":
+            return InstanceBalancedPosSampler(**budget)
+        # "libra": the budget is the combined sampler's; the two only choose which candidates
+        return CombinedSampler(
+            **budget,
+            pos_sampler=InstanceBalancedPosSampler(**budget),
+            neg_sampler=IoUBalancedNegSampler(**iou_options, **budget),
+        )
+    except ValueError as e:
+        raise ValueError(f"{where}.sampler: {e}") from None
 
 
 def build_bbox_loss(
@@ -142,7 +204,8 @@ def build_faster_rcnn(cfg: ModelConfig, backbone: nn.Module, necks: nn.ModuleLis
             allow_low_quality_matches=r.allow_low_quality_matches,
             ignore_iof_thr=IGNORE_IOF_THR,
         ),
-        sampler=build_sampler(r.sampler, "model.rpn"),
+        sampler=build_sampler(r.sampler, "model.rpn", neg_iou_thr=r.neg_iou_thr),
+        # balanced_l1 on the RPN (no Libra config uses it) takes the paper's alpha 0.5, gamma 1.5, beta 1
         bbox_loss=build_bbox_loss(r.bbox_loss, where="model.rpn", smooth_l1_beta=r.smooth_l1_beta),
         pre_nms_top_n_train=r.pre_nms_top_n_train,
         pre_nms_top_n_test=r.pre_nms_top_n_test,
@@ -181,7 +244,7 @@ def build_faster_rcnn(cfg: ModelConfig, backbone: nn.Module, necks: nn.ModuleLis
             allow_low_quality_matches=False,
             ignore_iof_thr=IGNORE_IOF_THR,
         ),
-        sampler=build_sampler(h.sampler, "model.roi_head"),
+        sampler=build_sampler(h.sampler, "model.roi_head", neg_iou_thr=h.neg_iou_thr),
         bbox_loss=build_bbox_loss(
             h.bbox_loss,
             where="model.roi_head",

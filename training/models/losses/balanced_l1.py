@@ -16,18 +16,21 @@ which is Eq. 8 for beta = 1 and continuous at d = beta for any beta; for beta !=
 rescaled Eq. 8 (b does not depend on beta and the gradient jumps at d = beta: e.g. 1.70 -> 1.5 for
 beta = 0.11, the Libra RetinaNet setting). It is kept verbatim for parity with the published models.
 
-Shapes: ``pred``/``target`` any shape S (box deltas [N, 4]); the loss is elementwise, shape S.
+Shapes: ``pred``/``target`` any shape S (box deltas [N, 4]). ``balanced_l1_elementwise`` gives the
+unreduced loss (shape S); ``balanced_l1_loss`` (the functional form, reduction "mean" by default)
+and :class:`BalancedL1Loss` (the heads' module) weight and reduce it as mmdetection does.
 """
 from __future__ import annotations
 
 import math
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
 
-from .regression import ElementwiseLoss
+from .regression import REDUCTIONS, ElementwiseLoss, weight_reduce_loss
 
-__all__ = ["balanced_l1_loss", "BalancedL1Loss"]
+__all__ = ["balanced_l1_loss", "balanced_l1_elementwise", "BalancedL1Loss"]
 
 
 def _check_params(alpha: float, gamma: float, beta: float, where: str) -> None:
@@ -35,13 +38,10 @@ def _check_params(alpha: float, gamma: float, beta: float, where: str) -> None:
         raise ValueError(f"{where}: alpha, gamma and beta must be > 0, got {alpha}, {gamma}, {beta}")
 
 
-def balanced_l1_loss(
+def balanced_l1_elementwise(
     pred: Tensor, target: Tensor, *, alpha: float = 0.5, gamma: float = 1.5, beta: float = 1.0
 ) -> Tensor:
-    """Elementwise balanced L1 loss of ``pred - target`` (both shape S), unreduced, shape S.
-
-    Defaults are the paper's (alpha 0.5, gamma 1.5) with beta 1 (Eq. 8 exactly).
-    """
+    """Elementwise balanced L1 loss of ``pred - target`` (both shape S), unreduced, shape S."""
     _check_params(alpha, gamma, beta, "balanced_l1_loss")
     if pred.shape != target.shape:
         raise ValueError(
@@ -53,6 +53,29 @@ def balanced_l1_loss(
     inlier = alpha / b * (b * diff + 1.0) * torch.log1p(b * diff / beta) - alpha * diff
     outlier = gamma * diff + (gamma / b - alpha * beta)
     return torch.where(diff < beta, inlier, outlier)
+
+
+def balanced_l1_loss(
+    pred: Tensor,
+    target: Tensor,
+    beta: float = 1.0,
+    alpha: float = 0.5,
+    gamma: float = 1.5,
+    reduction: str = "mean",
+    weight: Optional[Tensor] = None,
+    avg_factor: Optional[Union[float, Tensor]] = None,
+) -> Tensor:
+    """Balanced L1 loss of ``pred - target`` (both shape S), weighted and reduced.
+
+    Defaults are the paper's (alpha 0.5, gamma 1.5) with beta 1 (Eq. 8 exactly). ``weight``: shape
+    S or one weight per row [S[0]]. ``reduction``: "none" (shape S), "mean" (plain mean, or the
+    weighted sum / ``avg_factor`` when given: the heads pass the number of sampled RoIs or of
+    positive anchors) or "sum" (see :func:`~training.models.losses.regression.weight_reduce_loss`).
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"balanced_l1_loss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    loss = balanced_l1_elementwise(pred, target.to(pred.dtype), alpha=alpha, gamma=gamma, beta=beta)
+    return weight_reduce_loss(loss, weight, reduction, avg_factor)
 
 
 class BalancedL1Loss(ElementwiseLoss):
@@ -77,7 +100,7 @@ class BalancedL1Loss(ElementwiseLoss):
         self.beta = float(beta)
 
     def elementwise(self, pred: Tensor, target: Tensor) -> Tensor:
-        return balanced_l1_loss(pred, target, alpha=self.alpha, gamma=self.gamma, beta=self.beta)
+        return balanced_l1_elementwise(pred, target, alpha=self.alpha, gamma=self.gamma, beta=self.beta)
 
     def extra_repr(self) -> str:
         return (

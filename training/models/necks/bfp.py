@@ -121,13 +121,22 @@ def adaptive_max_pool2d_plain(x: Tensor, size: Tuple[Size, Size], max_ratio: int
 
 
 class BalancedFeaturePyramid(nn.Module):
-    """Gather to the refine level, average, refine, scatter back as residuals (module docstring)."""
+    """Gather to the refine level, average, refine, scatter back as residuals (module docstring).
+
+    Args:
+        in_channels: C of every level (the FPN's ``out_channels``).
+        num_levels: L, the number of levels ``forward`` receives.
+        refine_level: index r of the level whose size the levels are gathered to (the stride-16
+            level in the Libra configs: 2 for P2..P6, 1 for P3..P7).
+        refine_type: "non_local" (the paper's default), "conv", or None / "none" (integration only).
+        init: "xavier" (every conv, the published checkpoints) or "zero_nonlocal_out".
+    """
 
     def __init__(
         self,
         *,
-        in_channels: int,
-        num_levels: int,
+        in_channels: int = 256,
+        num_levels: int = 5,
         refine_level: int = 2,
         refine_type: Optional[str] = "non_local",
         init: str = "xavier",

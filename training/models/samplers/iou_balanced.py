@@ -1,7 +1,21 @@
 """IoU-balanced negative sampling (Libra R-CNN, Pang et al. CVPR 2019, Sec. 3.1, Eq. 2).
 
-Shapes: N candidates (proposals, gts prepended when added as proposals); ``candidates`` int64 [Q0]
-the negative indices; the result int64 [Q] with Q = min(Q0, num_expected).
+Shapes: N candidates (proposals, plus the gts when they are added as proposals); ``max_overlaps``
+float [N] each candidate's max IoU with the gts; ``neg_inds`` / ``candidates`` int64 [M] the
+negative indices into the N; the result int64 [k] with k = min(M, num_expected), a subset of them
+(no positive, no duplicate).
+
+Two ways to call it:
+
+* ``IoUBalancedNegSampler(num_bins=3, floor_thr=-1.0, floor_fraction=0.0).sample(max_overlaps,
+  neg_inds, num_expected)``: the negative choice alone (the Libra interface).
+* As a :class:`BaseSampler` (``sample(assign_result)``, ``sample_neg``): random positives and
+  IoU-balanced negatives within the ``num`` / ``pos_fraction`` budget (default: the Libra R-CNN
+  stage's 512 and 0.25); inside a :class:`CombinedSampler` only its ``sample_neg`` is used.
+
+Where the gts sit among the candidates does not matter (our RoI head appends them after the
+proposals, torchvision's order; mmdetection prepends them): bins depend on IoU values only, and
+the draws are uniform within a bin, so the sampled distribution is the same for any order.
 
 The negatives' max IoU range is split into K = ``num_bins`` equal bins; each bin gets
 ``int(n / K)`` draws, uniform inside the bin; a bin with fewer candidates gives all it has and the
@@ -33,12 +47,14 @@ the candidates' device (global generator), through :meth:`_random_order`.
 """
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional, Union
 
 import torch
 from torch import Tensor
 
 from ..assigner import AssignResult
+from .args import check_sample_args
+from .base import SamplingResult
 from .random import RandomSampler
 
 __all__ = ["IoUBalancedNegSampler", "BINNINGS"]
@@ -50,7 +66,8 @@ class IoUBalancedNegSampler(RandomSampler):
     """Random positives, IoU-balanced negatives (see the module docstring).
 
     Args:
-        num, pos_fraction, neg_pos_ub: the budget, as :class:`BaseSampler`.
+        num, pos_fraction, neg_pos_ub: the budget, as :class:`BaseSampler` (unused by the
+            ``sample(max_overlaps, neg_inds, num_expected)`` form).
         floor_thr: -1 (no floor set), 0 (IoU == 0 is the floor) or > 0 (IoU < floor_thr).
         floor_fraction: share of the negative budget drawn from the floor set, in [0, 1].
         num_bins: K; 1 means uniform sampling of the binned set.
@@ -62,14 +79,14 @@ class IoUBalancedNegSampler(RandomSampler):
     def __init__(
         self,
         *,
-        num: int,
-        pos_fraction: float,
-        neg_pos_ub: int = -1,
+        num_bins: int = 3,
         floor_thr: float = -1.0,
         floor_fraction: float = 0.0,
-        num_bins: int = 3,
         binning: str = "reference",
         neg_iou_thr: float = 0.5,
+        num: int = 512,
+        pos_fraction: float = 0.25,
+        neg_pos_ub: int = -1,
     ) -> None:
         super().__init__(num=num, pos_fraction=pos_fraction, neg_pos_ub=neg_pos_ub)
         name = type(self).__name__
@@ -128,10 +145,40 @@ class IoUBalancedNegSampler(RandomSampler):
             parts.append(self._choose(in_bin, per_bin))
         return self._fill(torch.cat(parts), pool, num_expected)
 
+    def sample(  # type: ignore[override]
+        self,
+        max_overlaps: Union[Tensor, AssignResult],
+        neg_inds: Optional[Tensor] = None,
+        num_expected: Optional[int] = None,
+    ) -> Union[Tensor, SamplingResult]:
+        """``sample(max_overlaps [N], neg_inds [M], num_expected) -> int64 [k]``: IoU-balanced
+        negatives, indices into the N candidates (k = min(M, num_expected)).
+
+        Given an :class:`AssignResult` alone, it is :meth:`BaseSampler.sample` instead (random
+        positives, IoU-balanced negatives, the ``num`` / ``pos_fraction`` budget), which is how
+        the detector heads call every sampler.
+        """
+        if isinstance(max_overlaps, AssignResult):
+            if neg_inds is not None or num_expected is not None:
+                raise TypeError(
+                    "IoUBalancedNegSampler.sample: pass either an AssignResult alone or "
+                    "(max_overlaps, neg_inds, num_expected)"
+                )
+            return super().sample(max_overlaps)
+        if neg_inds is None or num_expected is None:
+            raise TypeError("IoUBalancedNegSampler.sample: needs max_overlaps, neg_inds and num_expected")
+        check_sample_args("IoUBalancedNegSampler.sample", max_overlaps, "max_overlaps", neg_inds, "neg_inds", num_expected)
+        if not max_overlaps.is_floating_point():
+            raise ValueError(f"IoUBalancedNegSampler.sample: max_overlaps must be a float tensor, got {max_overlaps.dtype}")
+        return self._sample(max_overlaps, neg_inds.long(), int(num_expected))
+
     def sample_neg(self, assign_result: AssignResult, candidates: Tensor, num_expected: int) -> Tensor:
+        return self._sample(assign_result.max_overlaps, candidates, num_expected)
+
+    def _sample(self, max_overlaps: Tensor, candidates: Tensor, num_expected: int) -> Tensor:
+        """The IoU-balanced choice of ``num_expected`` of ``candidates`` (see the module docstring)."""
         if candidates.numel() <= num_expected:
             return candidates
-        max_overlaps = assign_result.max_overlaps
         iou = max_overlaps[candidates]
         if self.floor_thr > 0:
             floor_mask = iou < self.floor_thr  # negatives have IoU >= 0
