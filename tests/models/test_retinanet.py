@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Dict, List
 
 import pytest
 import torch
-from torchvision.ops import box_iou
 
+from tests.helpers.overfit import assert_finds_every_object, overfit, rectangles_image
 from training.config import ModelConfig, load_config
 from training.models.build import build_model
 from training.models.dense_heads.retina_head import RetinaHead
@@ -191,44 +190,13 @@ def test_eval_outputs() -> None:
 # ----------------------------------------------------------------------------------------------
 # Overfitting one synthetic image
 # ----------------------------------------------------------------------------------------------
-def _rectangles_image() -> tuple:
-    """A 160x192 image with three coloured rectangles on a textured background (normalised)."""
-    g = torch.Generator().manual_seed(0)
-    h, w = 160, 192
-    img = 0.2 * torch.randn(3, h, w, generator=g) + torch.tensor([0.1, -0.2, 0.0]).view(3, 1, 1)
-    boxes = torch.tensor([[16.0, 24.0, 80.0, 104.0], [104.0, 32.0, 176.0, 80.0], [120.0, 100.0, 152.0, 148.0]])
-    labels = torch.tensor([0, 2, 1])
-    colours = torch.tensor([[1.5, -1.0, -1.0], [-1.0, -1.0, 1.5], [-1.0, 1.5, -1.0]])
-    for (x1, y1, x2, y2), c in zip(boxes.int().tolist(), colours):
-        img[:, y1:y2, x1:x2] = c.view(3, 1, 1)
-    return img[None], boxes, labels
-
-
 def test_overfits_one_image() -> None:
     model = _tiny_model(seed=0)
-    images, boxes, labels = _rectangles_image()
-    targets = [{"boxes": boxes, "labels": labels}]
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
-    start = time.monotonic()
-    first = last = None
-    for _ in range(150):
-        total = sum(model(images, targets).values())
-        last = float(total.detach())
-        first = last if first is None else first
-        optimizer.zero_grad()
-        total.backward()
-        optimizer.step()
-        if last < first / 30 or time.monotonic() - start > 40:
-            break
-    assert last < first / 10, f"loss fell only from {first:.3f} to {last:.3f}"
-
-    model.eval()
-    det = model.predict(images, [(160, 192)])[0]
-    assert det["boxes"].shape[0] >= 3
-    iou = box_iou(det["boxes"][:3], boxes)  # top-3 detections vs the 3 gts
-    best_iou, best_gt = iou.max(dim=1)
-    assert float(best_iou[0]) > 0.7 and int(det["labels"][0]) == int(labels[best_gt[0]])
-    # every object is found, with its class, by one of the three best detections
-    assert sorted(best_gt.tolist()) == [0, 1, 2]
-    assert (best_iou > 0.7).all() and torch.equal(det["labels"][:3], labels[best_gt])
+    images, boxes, labels = rectangles_image()
+    history = overfit(
+        model, images, [{"boxes": boxes, "labels": labels}], steps=150,
+        make_optimizer=lambda params: torch.optim.Adam(params, lr=1e-3), stop_below=1 / 30, time_limit_s=40,
+    )
+    assert history[-1] < history[0] / 10, f"loss fell only from {history[0]:.3f} to {history[-1]:.3f}"
+    # each of the three best detections matches its own object at IoU > 0.7 with its class
+    assert_finds_every_object(model, images, boxes, labels, min_iou=0.7)

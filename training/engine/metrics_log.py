@@ -3,8 +3,11 @@
 A record holds ``iter`` (optimizer steps done), ``epoch``, ``lr``, each weighted loss by name,
 ``total``, ``<name>_unweighted``, ``time`` (s/iter), ``data_time`` (s/iter waiting for data) and
 ``memory`` (MiB: peak CUDA memory, or the process's peak RSS on CPU); all loss values are means
-over the interval (and over ranks). On resume, records past the resumed iteration (logged by
-the interrupted run after its last checkpoint) are dropped so the file reads as one run.
+over the interval (and over ranks). ``grad_norm`` is the parameter-gradient norm before clipping
+(with ``train.grad_clip`` only). Detectors with necks add ``grad_norm/<name>``: the L2 norm of the
+gradient the weighted loss sends into the shared features, measured on the logged update only (not
+a mean over the interval) and averaged over ranks. On resume, records past the resumed iteration
+(logged by the interrupted run after its last checkpoint) are dropped so the file reads as one run.
 """
 from __future__ import annotations
 
@@ -12,13 +15,15 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-__all__ = ["MetricsLog", "read_metrics", "plot_loss_curves"]
+__all__ = ["MetricsLog", "read_metrics", "plot_loss_curves", "curve_names", "FEATURE_GRAD_PREFIX"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 # Keys of a record that are not loss values.
 NON_LOSS_KEYS = ("iter", "epoch", "lr", "time", "data_time", "memory", "grad_norm", "eta_s")
+# Prefix of the per-loss gradient norms into the shared features (``grad_norm/<loss name>``).
+FEATURE_GRAD_PREFIX = "grad_norm/"
 
 
 def read_metrics(path: PathLike) -> List[Dict[str, Any]]:
@@ -77,8 +82,26 @@ class MetricsLog:
         return plot_loss_curves(self.records(), out_path)
 
 
+def curve_names(records: Sequence[Dict[str, Any]]) -> Tuple[List[str], List[str]]:
+    """``(loss names, loss names with a grad_norm/<name> value)`` in first-seen order: the series
+    of the loss panel and of the feature-gradient panel of :func:`plot_loss_curves`."""
+    loss_names: List[str] = []
+    grad_names: List[str] = []
+    for r in records:
+        for k in r:
+            if k.startswith(FEATURE_GRAD_PREFIX):
+                name = k[len(FEATURE_GRAD_PREFIX):]
+                if name not in grad_names:
+                    grad_names.append(name)
+            elif k not in NON_LOSS_KEYS and not k.endswith("_unweighted") and k not in loss_names:
+                loss_names.append(k)
+    return loss_names, grad_names
+
+
 def plot_loss_curves(records: Sequence[Dict[str, Any]], out_path: PathLike) -> Optional[Path]:
-    """PNG with the weighted losses and ``total`` against ``iter`` (log scale), and ``lr`` below.
+    """PNG with the weighted losses and ``total`` against ``iter`` (log scale); when the records
+    hold ``grad_norm/<loss>`` values, a panel of those ("grad norm into shared features", log
+    scale, each loss in its colour of the loss panel); ``lr`` at the bottom.
 
     Written to a temporary file and renamed, so a reader never sees a half-written image.
     Returns the path, or None when ``records`` is empty.
@@ -90,22 +113,23 @@ def plot_loss_curves(records: Sequence[Dict[str, Any]], out_path: PathLike) -> O
     matplotlib.use("Agg")  # headless: no display on training machines
     import matplotlib.pyplot as plt
 
-    loss_names: List[str] = []
-    for r in records:
-        for k in r:
-            if k not in NON_LOSS_KEYS and not k.endswith("_unweighted") and k not in loss_names:
-                loss_names.append(k)
+    loss_names, grad_names = curve_names(records)
+    names = loss_names + [n for n in grad_names if n not in loss_names]
+    colors = {name: f"C{i % 10}" for i, name in enumerate(names)}  # a loss keeps its colour in both panels
     iters = [r.get("iter", i) for i, r in enumerate(records)]
 
-    fig, (ax_loss, ax_lr) = plt.subplots(
-        2, 1, figsize=(8, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    ratios = [3, 2, 1] if grad_names else [3, 1]
+    fig, axes = plt.subplots(
+        len(ratios), 1, figsize=(8, 2 + sum(ratios)), sharex=True,
+        gridspec_kw={"height_ratios": ratios},
     )
+    ax_loss, ax_lr = axes[0], axes[-1]
     for name in loss_names:
         pts = [(it, r[name]) for it, r in zip(iters, records) if isinstance(r.get(name), (int, float))]
         if not pts:
             continue
         xs, ys = zip(*pts)
-        ax_loss.plot(xs, ys, label=name, linewidth=2.0 if name == "total" else 1.2)
+        ax_loss.plot(xs, ys, label=name, color=colors[name], linewidth=2.0 if name == "total" else 1.2)
     positive = all(
         r[n] > 0 for r in records for n in loss_names if isinstance(r.get(n), (int, float))
     )
@@ -114,6 +138,9 @@ def plot_loss_curves(records: Sequence[Dict[str, Any]], out_path: PathLike) -> O
     ax_loss.set_ylabel("loss (weighted)")
     ax_loss.grid(True, alpha=0.3)
     ax_loss.legend(fontsize=8)
+    if grad_names:
+        in_loss_order = [n for n in names if n in grad_names]  # (DDP's all-reduce sorts the keys)
+        _plot_feature_grad_norms(axes[1], records, iters, in_loss_order, colors)
     lr_pts = [(it, r["lr"]) for it, r in zip(iters, records) if isinstance(r.get("lr"), (int, float))]
     if lr_pts:
         xs, ys = zip(*lr_pts)
@@ -133,3 +160,21 @@ def plot_loss_curves(records: Sequence[Dict[str, Any]], out_path: PathLike) -> O
         if tmp.exists():
             tmp.unlink()
     return out_path
+
+
+def _plot_feature_grad_norms(ax: Any, records: Sequence[Dict[str, Any]], iters: Sequence[int],
+                             names: Sequence[str], colors: Dict[str, str]) -> None:
+    """One line per ``grad_norm/<name>`` on a log axis; zeros (a loss that does not reach the
+    features) and nulls (non-finite norms) have no place on it and are left out."""
+    for name in names:
+        key = FEATURE_GRAD_PREFIX + name
+        pts = [(it, r[key]) for it, r in zip(iters, records)
+               if isinstance(r.get(key), (int, float)) and math.isfinite(r[key]) and r[key] > 0]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, label=name, color=colors[name], linewidth=1.2)
+    ax.set_yscale("log")
+    ax.set_ylabel("grad norm into shared features", fontsize=8)
+    ax.grid(True, alpha=0.3)
+    if ax.get_lines():
+        ax.legend(fontsize=8)

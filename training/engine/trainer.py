@@ -10,6 +10,12 @@ Per update: move the batch to the device, set ``lr(iteration)``, forward under a
 CUDA only), sum the weighted loss dict, stop with :class:`NonFiniteLossError` on a NaN/inf loss
 (before touching the weights, so the last checkpoint stays the latest good state), backward
 through the GradScaler, optionally clip the gradient norm, step.
+
+On logging updates only, before the backward pass, each loss's gradient norm into the shared
+features (the last neck's outputs) is measured with :mod:`training.tools.grad_balance` and logged
+as ``grad_norm/<loss>``: the objective-level balance that Balanced L1 changes. It differentiates
+with respect to activations only (no parameter ``.grad`` is written, no random number is drawn),
+so training computes the same updates whether or not it logs.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ from training.engine.distributed import (
 )
 from training.engine.lr_schedule import LrSchedule, set_lr
 from training.engine.metrics_log import MetricsLog
+from training.tools.grad_balance import FeatureTap, grad_norm_records, loss_grad_norms, shared_features_module
 
 __all__ = ["TrainState", "NonFiniteLossError", "Trainer", "build_optimizer", "DEBUG_PAUSE_ENV"]
 
@@ -132,6 +139,14 @@ class _Window:
         return out
 
 
+def _feature_tap(model: nn.Module) -> Optional[FeatureTap]:
+    """A tap on the features every head reads (the last neck), or None for a model without necks."""
+    try:
+        return FeatureTap(shared_features_module(model))  # unwraps DDP itself
+    except ValueError:
+        return None
+
+
 class Trainer:
     """Runs the schedule's updates from a :class:`TrainState`, logging and checkpointing.
 
@@ -150,6 +165,9 @@ class Trainer:
         amp: mixed precision (honoured on CUDA only). ``grad_clip``: max gradient L2 norm.
         dist: this process's rank; ranks > 0 must get disabled checkpointer/metrics.
         progress: show a tqdm bar (rank 0 only).
+
+    A model whose plain module has ``necks`` (an ``nn.ModuleList``) gets its per-loss gradient
+    norms into ``necks[-1]``'s outputs logged as ``grad_norm/<loss>``; other models log none.
     """
 
     def __init__(
@@ -194,6 +212,7 @@ class Trainer:
         self.progress = progress
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self._params = [p for g in optimizer.param_groups for p in g["params"]]
+        self._feature_tap = _feature_tap(model)
 
     # ------------------------------------------------------------------ state
 
@@ -252,11 +271,17 @@ class Trainer:
             )
         return losses
 
+    def _logs_after(self, iteration: int) -> bool:
+        """Whether :meth:`train` writes a record after update ``iteration`` (1-based)."""
+        return iteration % self.log_interval == 0 or iteration >= self.schedule.max_iters
+
     def run_step(
         self, images: torch.Tensor, targets: List[Dict[str, Any]], state: TrainState
-    ) -> Tuple[Dict[str, float], Optional[float]]:
-        """One update at ``state.iteration``; returns the loss values (and ``total``) and the
-        gradient norm before clipping (None without clipping).
+    ) -> Tuple[Dict[str, float], Optional[float], Dict[str, float]]:
+        """One update at ``state.iteration``; returns the loss values (and ``total``), the
+        gradient norm before clipping (None without clipping) and, on a logging update of a
+        model with necks, ``{"grad_norm/<loss>": norm of d(weighted loss)/d(shared features)}``
+        (empty otherwise).
 
         Raises:
             NonFiniteLossError: the total loss is NaN/inf (on any rank); nothing was updated.
@@ -264,6 +289,9 @@ class Trainer:
         images = images.to(self.device, non_blocking=True)
         targets = [_to_device(t, self.device) for t in targets]
         set_lr(self.optimizer, self.schedule.lr_at(state.iteration))
+        tap = self._feature_tap if self._logs_after(state.iteration + 1) else None
+        if tap is not None:
+            tap.arm()
 
         losses = self._forward(images, targets)
         total = sum(v.float() for v in losses.values())
@@ -279,6 +307,14 @@ class Trainer:
                 f"{self.checkpointer.latest_path} still holds the last good checkpoint"
             )
 
+        feature_grad_norms: Dict[str, float] = {}
+        if tap is not None:  # before backward(): the norms need the graph, which it frees
+            norms = loss_grad_norms(
+                self.model, losses, tap.take(), losses_are_weighted=True,
+                scale=self.scaler.get_scale() if self.amp else 1.0,
+            )
+            feature_grad_norms = grad_norm_records(norms)
+
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         grad_norm = None
@@ -289,12 +325,14 @@ class Trainer:
             _pause_until_killed(state.iteration + 1)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return values, grad_norm
+        return values, grad_norm, feature_grad_norms
 
     # ------------------------------------------------------------------ the loop
 
     def _record(self, window: _Window, state: TrainState, epoch: int, lr: float,
-                grad_norm: Optional[float]) -> Dict[str, Any]:
+                grad_norm: Optional[float], feature_grad_norms: Dict[str, float]) -> Dict[str, Any]:
+        """The metrics record after update ``state.iteration``: the window's means over updates
+        and ranks; ``feature_grad_norms`` (of this update only) averaged over ranks."""
         means = all_reduce_mean(window.means(), self.device)
         weights = getattr(unwrap_model(self.model), "loss_weights", {}) or {}
         record: Dict[str, Any] = {"iter": state.iteration, "epoch": epoch, "lr": lr}
@@ -312,6 +350,8 @@ class Trainer:
         record["eta_s"] = means["time"] * (self.schedule.max_iters - state.iteration)
         if grad_norm is not None:
             record["grad_norm"] = grad_norm
+        # Every rank logs on the same update of the same model, so the keys agree across ranks.
+        record.update(all_reduce_mean(feature_grad_norms, self.device))
         return record
 
     def train(self, state: Optional[TrainState] = None) -> TrainState:
@@ -340,7 +380,7 @@ class Trainer:
                 for images, targets in loader:
                     data_time = time.perf_counter() - tick
                     epoch, lr = state.epoch, self.schedule.lr_at(state.iteration)
-                    values, grad_norm = self.run_step(images, targets, state)
+                    values, grad_norm, feature_grad_norms = self.run_step(images, targets, state)
                     state.iteration += 1
                     state.batch_in_epoch += 1
                     window.add(values, time.perf_counter() - tick, data_time)
@@ -353,8 +393,8 @@ class Trainer:
                     epoch_end = state.batch_in_epoch >= iters_per_epoch
                     if epoch_end:
                         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-                    if state.iteration % self.log_interval == 0 or last:
-                        record = self._record(window, state, epoch, lr, grad_norm)
+                    if self._logs_after(state.iteration):
+                        record = self._record(window, state, epoch, lr, grad_norm, feature_grad_norms)
                         if self.metrics is not None:
                             self.metrics.write(record)
                         window = _Window()
