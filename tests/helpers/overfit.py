@@ -6,7 +6,6 @@ Import as ``from tests.helpers.overfit import ...`` (pytest runs from the reposi
 """
 from __future__ import annotations
 
-import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -38,17 +37,15 @@ def overfit(
     make_optimizer: Callable[[List[nn.Parameter]], torch.optim.Optimizer],
     clip: Optional[float] = None,
     stop_below: float = 0.0,
-    time_limit_s: Optional[float] = None,
 ) -> List[float]:
     """Train ``model`` on one batch for up to ``steps`` updates; returns the total loss per step.
 
-    Stops early once the loss is below ``stop_below`` times the first loss, or after
-    ``time_limit_s`` seconds when given (a slow machine then fails the caller's assertion).
+    Stops early once the loss is below ``stop_below`` times the first loss (no time limit: a busy
+    machine makes the test slower, never wrong).
     """
     model.train()
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad])
     history: List[float] = []
-    start = time.monotonic()
     for _ in range(steps):
         total = sum(model(images, targets).values())
         history.append(float(total.detach()))
@@ -58,8 +55,6 @@ def overfit(
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
         if history[-1] < stop_below * history[0]:
-            break
-        if time_limit_s is not None and time.monotonic() - start > time_limit_s:
             break
     return history
 

@@ -1,7 +1,6 @@
 """Backbones (frozen stages, norms, pretrained loading, tiny speed) and the FPN (vs torchvision)."""
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 
 import pytest
@@ -88,17 +87,13 @@ def test_load_pretrained_errors_name_the_file(tmp_path):
         net.load_pretrained(r18)
 
 
-def test_tiny_backbone_shapes_and_speed():
+def test_tiny_backbone_shapes_and_norms():
     net = TinyBackbone(widths=[32, 64, 128, 256], norm="gn", gn_groups=8)
     x = torch.randn(1, 3, 320, 320)
     outs = net(x)
     assert [tuple(o.shape[1:]) for o in outs] == [(32, 80, 80), (64, 40, 40), (128, 20, 20), (256, 10, 10)]
-    best = float("inf")
-    for _ in range(3):
-        t = time.perf_counter()
-        sum(o.mean() for o in net(x)).backward()
-        best = min(best, time.perf_counter() - t)
-    assert best < 0.5, f"tiny backbone forward+backward at 320 px took {best:.3f} s"
+    sum(o.mean() for o in net(x)).backward()
+    assert all(p.grad is not None for p in net.parameters())
     with pytest.raises(ValueError, match="'bn' or 'gn'"):
         TinyBackbone(norm="frozen_bn")
     frozen = TinyBackbone(norm="bn", frozen_stages=1).train()

@@ -100,8 +100,9 @@ class AnchorGenerator(nn.Module):
         if self.stride_from_image and image_size is None:
             raise ValueError("AnchorGenerator(stride_from_image=True) needs image_size")
         out = []
+        # no int() on the sizes: while tracing for ONNX they are 0-dim tensors, so the exported
+        # anchors follow the input size instead of being frozen at the export size
         for (h, w), stride, base in zip(feature_sizes, self.strides, self._base):
-            h, w = int(h), int(w)
             sy, sx = (image_size[0] // h, image_size[1] // w) if self.stride_from_image else (stride, stride)  # type: ignore[index]
             shifts_x = torch.arange(0, w, dtype=torch.int32, device=device) * sx
             shifts_y = torch.arange(0, h, dtype=torch.int32, device=device) * sy

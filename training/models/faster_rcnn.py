@@ -12,6 +12,9 @@ Contract (shared with RetinaNet):
   padding. Images without boxes train (all negatives, a graph-connected zero box loss).
 * eval: ``model.predict(images, image_sizes) -> [{"boxes": float32 [D, 4], "scores": float32 [D],
   "labels": int64 [D]}]``, boxes clipped to ``image_sizes[i]`` (h, w).
+* eval, fixed size: ``model.detect(images, image_sizes [B, 2], max_dets=K) -> Detections`` (padded
+  ``num_dets`` [B, 1], ``boxes`` [B, K, 4], ``scores`` [B, K], ``labels`` [B, K]); the code the ONNX
+  export traces. ``predict`` is ``detect`` trimmed to each image's valid rows.
 
 Loss names: ``rpn_cls``, ``rpn_bbox``, ``rcnn_cls``, ``rcnn_bbox``.
 """
@@ -23,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .dense_heads.rpn_head import RPN
+from .ops import Detections, trim_detections
 from .roi_heads.roi_head import RoIHead
 
 __all__ = ["FasterRCNN", "validate_targets", "weighted_losses", "check_loss_weights"]
@@ -142,13 +146,25 @@ class FasterRCNN(nn.Module):
         return self.predict(images, image_sizes)
 
     @torch.no_grad()
+    def detect(self, images: Tensor, image_sizes: Tensor, *, max_dets: Optional[int] = None) -> Detections:
+        """Padded detections of a batch (the path the ONNX export traces; ``predict`` trims it).
+
+        Args:
+            images: [B, 3, H, W], normalised and padded.
+            image_sizes: [B, 2] (h, w) valid region of each image (float or int tensor).
+            max_dets: K rows per image (default: the RoI head's ``max_per_img``).
+        """
+        feats = self.extract_feats(images)
+        objectness, deltas = self.rpn(feats)
+        anchors = self.rpn.get_anchors(feats, (images.shape[-2], images.shape[-1]))
+        sizes = image_sizes.to(torch.float32)
+        proposals, _, valid = self.rpn.propose(objectness, deltas, anchors, sizes, training=False)
+        return self.roi_head.detect(feats, proposals, valid, sizes, max_dets=max_dets)
+
+    @torch.no_grad()
     def predict(self, images: Tensor, image_sizes: Sequence[Tuple[int, int]]) -> List[Dict[str, Tensor]]:
-        """Detections per image (see the module docstring); uses the test-time proposal counts."""
+        """Detections per image (see the module docstring): ``detect`` trimmed to the valid rows."""
         if len(image_sizes) != images.shape[0]:
             raise ValueError(f"got {len(image_sizes)} image_sizes for a batch of {images.shape[0]} images")
-        feats = self.extract_feats(images)
-        image_shape = (int(images.shape[-2]), int(images.shape[-1]))
-        objectness, deltas = self.rpn(feats)
-        anchors = self.rpn.get_anchors(feats, image_shape)
-        proposals, _ = self.rpn.get_proposals(objectness, deltas, anchors, image_sizes, training=False)
-        return self.roi_head.predict(feats, proposals, image_sizes)
+        sizes = torch.as_tensor(image_sizes, dtype=torch.float32, device=images.device).reshape(-1, 2)
+        return trim_detections(self.detect(images, sizes))

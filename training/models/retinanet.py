@@ -11,6 +11,8 @@ Contract (shared with Faster R-CNN, see ``training/models/faster_rcnn.py``):
   Images without boxes train (focal loss on all-negative anchors, a graph-connected zero box loss).
 * eval: ``model.predict(images, image_sizes) -> [{"boxes": float32 [D, 4], "scores": float32 [D],
   "labels": int64 [D]}]``, boxes clipped to ``image_sizes[i]`` (h, w).
+* eval, fixed size: ``model.detect(images, image_sizes [B, 2], max_dets=K) -> Detections`` (padded,
+  see ``training.models.ops``); the code the ONNX export traces. ``predict`` trims it per image.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from .anchors import AnchorGenerator
 from .assigner import MaxIoUAssigner
 from .box_coder import DeltaXYWHBoxCoder
 from .dense_heads.retina_head import RetinaHead
+from .ops import Detections, trim_detections
 from .faster_rcnn import check_loss_weights, validate_targets, weighted_losses
 
 __all__ = ["RetinaNet", "build_retinanet"]
@@ -79,7 +82,7 @@ class RetinaNet(nn.Module):
 
     def _anchors(self, feats: Sequence[Tensor], images: Tensor) -> List[Tensor]:
         """Per level [Hi*Wi*A, 4], for the padded batch shape."""
-        return self.anchor_generator(feats, (int(images.shape[-2]), int(images.shape[-1])))
+        return self.anchor_generator(feats, (images.shape[-2], images.shape[-1]))
 
     def compute_losses(self, images: Tensor, targets: Sequence[Dict[str, Tensor]]) -> Dict[str, Tensor]:
         """Unweighted ``retina_cls`` and ``retina_bbox``."""
@@ -107,14 +110,28 @@ class RetinaNet(nn.Module):
         return self.predict(images, image_sizes)
 
     @torch.no_grad()
-    def predict(self, images: Tensor, image_sizes: Sequence[Tuple[int, int]]) -> List[Dict[str, Tensor]]:
-        """Detections per image (see the module docstring)."""
-        if len(image_sizes) != images.shape[0]:
-            raise ValueError(f"got {len(image_sizes)} image_sizes for a batch of {images.shape[0]} images")
+    def detect(self, images: Tensor, image_sizes: Tensor, *, max_dets: Optional[int] = None) -> Detections:
+        """Padded detections of a batch (the path the ONNX export traces; ``predict`` trims it).
+
+        Args:
+            images: [B, 3, H, W], normalised and padded.
+            image_sizes: [B, 2] (h, w) valid region of each image (float or int tensor).
+            max_dets: K rows per image (default: the head's ``max_per_img``).
+        """
         feats = self.extract_feats(images)
         cls_logits, bbox_deltas = self.head(feats)
         anchors = self._anchors(feats, images)
-        return self.head.predict(cls_logits, bbox_deltas, anchors, image_sizes, box_coder=self.box_coder)
+        return self.head.detect(
+            cls_logits, bbox_deltas, anchors, image_sizes.to(torch.float32), box_coder=self.box_coder, max_dets=max_dets
+        )
+
+    @torch.no_grad()
+    def predict(self, images: Tensor, image_sizes: Sequence[Tuple[int, int]]) -> List[Dict[str, Tensor]]:
+        """Detections per image (see the module docstring): ``detect`` trimmed to the valid rows."""
+        if len(image_sizes) != images.shape[0]:
+            raise ValueError(f"got {len(image_sizes)} image_sizes for a batch of {images.shape[0]} images")
+        sizes = torch.as_tensor(image_sizes, dtype=torch.float32, device=images.device).reshape(-1, 2)
+        return trim_detections(self.detect(images, sizes))
 
 
 def build_retinanet(cfg: ModelConfig, backbone: nn.Module, necks: nn.ModuleList) -> RetinaNet:

@@ -18,16 +18,17 @@ instead; the two agree when every image has the same number of positives.)
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, sigmoid_focal_loss
+from torchvision.ops import sigmoid_focal_loss
 
 from ..assigner import IGNORED, MaxIoUAssigner
 from ..box_coder import DeltaXYWHBoxCoder
 from ..losses.regression import L1Loss
+from ..ops import INVALID_SCORE, Detections, clip_boxes, detections_from_index, gather_rows, nms_topk, topk_padded, trim_detections
 from .rpn_head import BoxLoss, flatten_level_outputs
 
 __all__ = ["RetinaHead"]
@@ -173,43 +174,52 @@ class RetinaHead(nn.Module):
         return {"retina_cls": torch.stack(cls_losses).sum() / n, "retina_bbox": torch.stack(box_losses).sum() / n}
 
     # ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def detect(
+        self,
+        cls_logits: Sequence[Tensor],
+        bbox_deltas: Sequence[Tensor],
+        anchors: Sequence[Tensor],
+        image_sizes: Tensor,
+        *,
+        box_coder: DeltaXYWHBoxCoder,
+        max_dets: Optional[int] = None,
+    ) -> Detections:
+        """Padded detections of a batch (the exported eval path; ``predict`` trims it).
+
+        Per level: sigmoid scores of all (anchor, class) pairs, those above ``score_thresh``, the
+        ``pre_nms_top_n`` best (padded when a level has fewer pairs), decoded and clipped to
+        ``image_sizes`` [B, 2] (h, w); then class-wise NMS over the L * ``pre_nms_top_n``
+        candidates and the K = ``max_dets`` (default ``max_per_img``) best, as torchvision's
+        ``RetinaNet.postprocess_detections``.
+        """
+        k_out = self.max_per_img if max_dets is None else int(max_dets)
+        cls_flat, reg_flat = self._flatten(cls_logits, bbox_deltas)
+        k = self.num_classes
+        boxes_l, scores_l, labels_l = [], [], []
+        for cls_lvl, reg_lvl, anc_lvl in zip(cls_flat, reg_flat, anchors):
+            scores = torch.sigmoid(cls_lvl.float()).flatten(1)  # (B, Hi*Wi*A, K) -> (B, Hi*Wi*A*K): anchor * K + class
+            scores, idx, _ = topk_padded(scores, self.pre_nms_top_n, fill=INVALID_SCORE, threshold=self.score_thresh)
+            anchor_idx = torch.div(idx, k, rounding_mode="trunc")  # [B, n]; idx >= 0: a plain Div in ONNX
+            boxes_l.append(box_coder.decode(gather_rows(reg_lvl.float(), anchor_idx), anc_lvl[anchor_idx]))
+            scores_l.append(scores)
+            labels_l.append(idx % k)
+        boxes = clip_boxes(torch.cat(boxes_l, dim=1), image_sizes)  # [B, N, 4], N = L * pre_nms_top_n
+        scores = torch.cat(scores_l, dim=1)
+        labels = torch.cat(labels_l, dim=1)
+        index, keep = nms_topk(boxes, scores, labels, k=k_out, num_classes=k, iou_threshold=self.nms_thresh)
+        return detections_from_index(boxes, scores, labels, index, keep)
+
     def predict(
         self,
         cls_logits: Sequence[Tensor],
         bbox_deltas: Sequence[Tensor],
         anchors: Sequence[Tensor],
-        image_sizes: Sequence[Tuple[int, int]],
+        image_sizes: Union[Sequence[Tuple[int, int]], Tensor],
         *,
         box_coder: DeltaXYWHBoxCoder,
     ) -> List[Dict[str, Tensor]]:
-        """Detections per image: ``boxes`` [D, 4] (clipped to its (h, w)), ``scores`` [D], ``labels`` [D].
-
-        Per level: sigmoid scores of all (anchor, class) pairs, those above ``score_thresh``, the
-        ``pre_nms_top_n`` best, decoded and clipped; then class-wise NMS over all levels and the
-        ``max_per_img`` best (torchvision's ``RetinaNet.postprocess_detections``).
-        """
-        cls_flat, reg_flat = self._flatten(cls_logits, bbox_deltas)
-        k = self.num_classes
-        results = []
-        for img, (h, w) in enumerate(image_sizes):
-            boxes_l, scores_l, labels_l = [], [], []
-            for cls_lvl, reg_lvl, anc_lvl in zip(cls_flat, reg_flat, anchors):
-                scores = torch.sigmoid(cls_lvl[img]).flatten()  # [Hi*Wi*A*K], index = anchor * K + class
-                keep = scores > self.score_thresh
-                scores = scores[keep]
-                idxs = torch.where(keep)[0]
-                scores, order = scores.topk(min(self.pre_nms_top_n, idxs.numel()))
-                idxs = idxs[order]
-                anchor_idxs = torch.div(idxs, k, rounding_mode="floor")
-                boxes_l.append(box_coder.decode(reg_lvl[img][anchor_idxs], anc_lvl[anchor_idxs], max_shape=(h, w)))
-                scores_l.append(scores)
-                labels_l.append(idxs % k)
-            boxes = torch.cat(boxes_l)
-            scores = torch.cat(scores_l)
-            labels = torch.cat(labels_l)
-            keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.max_per_img]
-            results.append(
-                {"boxes": boxes[keep].float(), "scores": scores[keep].float(), "labels": labels[keep].to(torch.int64)}
-            )
-        return results
-
+        """Detections per image: ``boxes`` [D, 4] (clipped to its (h, w)), ``scores`` [D], ``labels`` [D]
+        (``detect`` trimmed to each image's valid rows)."""
+        sizes = torch.as_tensor(image_sizes, dtype=torch.float32, device=cls_logits[0].device).reshape(-1, 2)
+        return trim_detections(self.detect(cls_logits, bbox_deltas, anchors, sizes, box_coder=box_coder))

@@ -7,21 +7,22 @@ image, P proposals kept per image. Boxes are x1y1x2y2 in input pixels. "objectne
 ``RPNHead.forward`` returns raw per-level tensors only. ``RPN`` adds the anchor generator, box
 coder, assigner and sampler: ``loss`` (binary cross-entropy on the sampled anchors, box loss on the
 sampled positives, both divided by the number of sampled anchors of the batch) and
-``get_proposals`` (per-level top-k, decode, clip, small-box and score filters, NMS per level,
-top ``post_nms_top_n``; detached).
+``propose`` (per-level top-k, decode, clip, small-box and score filters, NMS per level, top
+``post_nms_top_n``; detached), written with fixed-size padded tensors so that the ONNX export runs
+this same code; ``get_proposals`` trims its result to per-image lists.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
 
 from ..anchors import AnchorGenerator
 from ..assigner import MaxIoUAssigner
 from ..box_coder import DeltaXYWHBoxCoder
+from ..ops import INVALID_SCORE, clip_boxes, gather_rows, nms_topk, topk_padded
 from ..samplers.base import BaseSampler
 
 __all__ = ["RPNHead", "RPN", "flatten_level_outputs"]
@@ -131,46 +132,62 @@ class RPN(nn.Module):
         return {"rpn_cls": cls_loss, "rpn_bbox": box_loss}
 
     @torch.no_grad()
+    def propose(
+        self,
+        objectness: Sequence[Tensor],
+        deltas: Sequence[Tensor],
+        anchors: Sequence[Tensor],
+        image_sizes: Tensor,
+        *,
+        training: bool,
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Fixed-size proposals of a batch (the exported eval path; ``get_proposals`` trims it).
+
+        Per level the ``pre_nms_top_n`` best objectness logits (padded with -inf when a level has
+        fewer anchors), decoded and clipped to ``image_sizes`` [B, 2] (h, w); small boxes and scores
+        below ``score_thresh`` dropped; NMS per level; the ``post_nms_top_n`` best kept (P of them).
+
+        Returns:
+            boxes [B, P, 4], scores [B, P] (objectness probabilities, ``INVALID_SCORE`` on padding
+            rows) and valid bool [B, P]; valid rows come first, by decreasing score.
+        """
+        pre_n, post_n = self.pre_nms_top_n[training], self.post_nms_top_n[training]
+        boxes_l, logits_l, valid_l, levels_l = [], [], [], []
+        for lvl, (obj, dlt, anc) in enumerate(zip(objectness, deltas, anchors)):
+            obj = flatten_level_outputs([obj.detach()], 1).flatten(1).float()  # (B, Hi*Wi*A, 1) -> (B, Hi*Wi*A)
+            dlt = flatten_level_outputs([dlt.detach()], 4).float()  # [B, Hi*Wi*A, 4]
+            logits, idx, valid = topk_padded(obj, pre_n, fill=float("-inf"))  # [B, k] each
+            boxes_l.append(self.box_coder.decode(gather_rows(dlt, idx), anc[idx]))  # [B, k, 4]
+            logits_l.append(logits)
+            valid_l.append(valid)
+            levels_l.append(torch.full_like(idx, lvl))
+        boxes = clip_boxes(torch.cat(boxes_l, dim=1), image_sizes)  # [B, N, 4], N = L * pre_n
+        scores = torch.sigmoid(torch.cat(logits_l, dim=1))  # [B, N]
+        levels = torch.cat(levels_l, dim=1)  # [B, N]
+        w, h = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
+        valid = torch.cat(valid_l, dim=1) & (w >= self.min_box_size) & (h >= self.min_box_size)
+        valid = valid & (scores >= self.score_thresh)
+        scores = torch.where(valid, scores, torch.full_like(scores, INVALID_SCORE))
+        index, keep = nms_topk(boxes, scores, levels, k=post_n, num_classes=len(levels_l), iou_threshold=self.nms_thresh)
+        scores = torch.where(keep, gather_rows(scores, index), torch.full_like(keep, INVALID_SCORE, dtype=scores.dtype))
+        return gather_rows(boxes, index), scores, keep
+
+    @torch.no_grad()
     def get_proposals(
         self,
         objectness: Sequence[Tensor],
         deltas: Sequence[Tensor],
         anchors: Sequence[Tensor],
-        image_sizes: Sequence[Tuple[int, int]],
+        image_sizes: Union[Sequence[Tuple[int, int]], Tensor],
         *,
         training: bool,
     ) -> Tuple[List[Tensor], List[Tensor]]:
-        """Proposals [P, 4] and their objectness probabilities [P] per image (detached).
+        """Proposals [P, 4] and their objectness probabilities [P] per image (detached): ``propose``
+        trimmed to each image's valid rows.
 
         ``training`` picks the train or test ``pre_nms_top_n`` (per level) and ``post_nms_top_n``.
         """
-        obj = flatten_level_outputs([o.detach() for o in objectness], 1).squeeze(-1).float()  # [B, N]
-        dlt = flatten_level_outputs([d.detach() for d in deltas], 4).float()  # [B, N, 4]
-        num_images = obj.shape[0]
-        device = obj.device
-        pre_n = self.pre_nms_top_n[training]
-        top_idx, levels, offset = [], [], 0
-        for lvl, a in enumerate(anchors):
-            n = a.shape[0]
-            k = min(pre_n, n)
-            idx = obj[:, offset : offset + n].topk(k, dim=1).indices + offset  # [B, k]
-            top_idx.append(idx)
-            levels.append(torch.full((k,), lvl, dtype=torch.int64, device=device))
-            offset += n
-        idx = torch.cat(top_idx, dim=1)  # [B, K]
-        lvl_ids = torch.cat(levels)  # [K]
-        batch = torch.arange(num_images, device=device)[:, None]
-        scores = torch.sigmoid(obj[batch, idx])  # [B, K]
-        boxes = self.box_coder.decode(dlt[batch, idx], torch.cat(list(anchors))[idx])  # [B, K, 4]
-
-        proposals, proposal_scores = [], []
-        for b in range(num_images):
-            bx = clip_boxes_to_image(boxes[b], tuple(image_sizes[b]))
-            keep = remove_small_boxes(bx, self.min_box_size)
-            bx, sc, lv = bx[keep], scores[b][keep], lvl_ids[keep]
-            keep = torch.where(sc >= self.score_thresh)[0]
-            bx, sc, lv = bx[keep], sc[keep], lv[keep]
-            keep = batched_nms(bx, sc, lv, self.nms_thresh)[: self.post_nms_top_n[training]]
-            proposals.append(bx[keep])
-            proposal_scores.append(sc[keep])
-        return proposals, proposal_scores
+        sizes = torch.as_tensor(image_sizes, dtype=torch.float32, device=objectness[0].device).reshape(-1, 2)
+        boxes, scores, valid = self.propose(objectness, deltas, anchors, sizes, training=training)
+        counts = valid.sum(dim=1).tolist()
+        return [b[:n] for b, n in zip(boxes, counts)], [s[:n] for s, n in zip(scores, counts)]

@@ -92,7 +92,7 @@ def _adaptive_max_1d(x: Tensor, dim: int, out_size: Size, max_log2: int) -> Tens
         kernel = (width, 1) if dim == 2 else (1, width)
         table = F.max_pool2d(xp, kernel_size=kernel, stride=1)
         cand = torch.maximum(
-            table.index_select(dim, start), table.index_select(dim, (end - width).clamp(min=0))
+            table.index_select(dim, start), table.index_select(dim, torch.maximum(end - width, torch.zeros_like(end)))
         )
         result = torch.where((length >= width).reshape(bcast), cand, result)
     return result

@@ -8,21 +8,33 @@ class-specific [K, C*4] (no background regression).
 ``RoIHead.forward`` returns the raw ``(cls_logits [K, C+1], deltas [K, C*4])`` of given RoIs.
 Training: ``sample`` (gts appended to the proposals, max-IoU assignment, sampling) then ``loss``
 (cross-entropy over the sampled RoIs, box loss on the positives divided by the number of sampled
-RoIs, as torchvision's ``fastrcnn_loss``). Test: ``postprocess`` (softmax, class-specific decode,
-clip, score threshold, small-box removal, per-class NMS, top ``max_per_img``).
+RoIs, as torchvision's ``fastrcnn_loss``). Test: ``detect`` on padded proposals [B, R, 4] then
+``postprocess`` (softmax, class-specific decode, clip, score threshold, small-box removal, per-class
+NMS, top ``max_per_img``), all with fixed-size padded tensors: the ONNX export runs this same code.
+``predict`` pads per-image proposal lists, runs ``detect`` and trims the result.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, box_area, clip_boxes_to_image, remove_small_boxes, roi_align
+from torchvision.ops import box_area, roi_align
 
 from ..assigner import MaxIoUAssigner
 from ..box_coder import DeltaXYWHBoxCoder
+from ..ops import (
+    INVALID_SCORE,
+    Detections,
+    clip_boxes,
+    detections_from_index,
+    gather_rows,
+    nms_topk,
+    select_candidates,
+    trim_detections,
+)
 from ..samplers.base import BaseSampler
 
 __all__ = [
@@ -97,17 +109,24 @@ class MultiLevelRoIAlign(nn.Module):
     def forward(self, feats: Sequence[Tensor], rois: Tensor) -> Tensor:
         """Features (the first L used) and rois [K, 5] -> [K, C, S, S]."""
         feats = list(feats)[: len(self.strides)]
-        levels = self.level_mapper(rois[:, 1:])
-        k, c, s = rois.shape[0], feats[0].shape[1], self.output_size
-        out = feats[0].new_zeros((k, c, s, s))
+        levels = self.level_mapper(rois[:, 1:5])  # [K], every RoI on exactly one level
+        s = self.output_size
+        order_l, pooled_l = [], []
         for lvl, (feat, stride) in enumerate(zip(feats, self.strides)):
-            idx = torch.where(levels == lvl)[0]
-            pooled = roi_align(
-                feat, rois[idx], output_size=(s, s), spatial_scale=1.0 / stride,
-                sampling_ratio=self.sampling_ratio, aligned=self.aligned,
+            # float mask: TensorRT's ONNX parser documents NonZero for FP32/FP16 inputs only
+            idx = torch.nonzero((levels == lvl).to(torch.float32))[:, 0]  # [K_l]
+            pooled_l.append(
+                roi_align(
+                    feat, rois[idx], output_size=(s, s), spatial_scale=1.0 / stride,
+                    sampling_ratio=self.sampling_ratio, aligned=self.aligned,
+                )
             )
-            out[idx] = pooled.to(out.dtype)
-        return out
+            order_l.append(idx)
+        # pooled[j] belongs to RoI order[j] (RoIs grouped by level): invert that permutation. A
+        # gather, not an indexed assignment, so the exported graph has no INT64_MAX slice ends
+        order = torch.cat(order_l)  # [K]
+        inverse = torch.zeros_like(order).scatter(0, order, torch.arange(order.shape[0], device=order.device))
+        return torch.cat(pooled_l).index_select(0, inverse).to(feats[0].dtype)
 
     def extra_repr(self) -> str:
         return f"strides={self.strides}, output_size={self.output_size}, sampling_ratio={self.sampling_ratio}, aligned={self.aligned}"
@@ -176,6 +195,7 @@ class RoIHead(nn.Module):
         nms_thresh: float = 0.5,
         max_per_img: int = 100,
         min_box_size: float = 1e-2,
+        nms_pre: int = 3000,
     ) -> None:
         super().__init__()
         self.roi_extractor = roi_extractor
@@ -191,6 +211,9 @@ class RoIHead(nn.Module):
         self.nms_thresh = nms_thresh
         self.max_per_img = max_per_img
         self.min_box_size = min_box_size
+        # (proposal, class) candidates per image entering NMS: <= 5000 (TensorRT's NMS limit) and a
+        # TopK K < 3840 (TensorRT's TopK limit)
+        self.nms_pre = nms_pre
 
     def forward(self, feats: Sequence[Tensor], rois: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
         """Per-image RoIs [Ki, 4] -> cls_logits [K, C+1], deltas [K, C*4] (images concatenated)."""
@@ -247,34 +270,79 @@ class RoIHead(nn.Module):
         self,
         cls_logits: Tensor,
         deltas: Tensor,
-        proposals: Sequence[Tensor],
-        image_sizes: Sequence[Tuple[int, int]],
-    ) -> List[Dict[str, Tensor]]:
-        """Detections per image: ``boxes`` [D, 4], ``scores`` [D], ``labels`` [D] (0..C-1)."""
+        proposals: Tensor,
+        proposal_valid: Tensor,
+        image_sizes: Tensor,
+        *,
+        max_dets: Optional[int] = None,
+    ) -> Detections:
+        """Padded detections from the head outputs of padded proposals (the exported eval path).
+
+        Args:
+            cls_logits: [B*R, C+1], deltas: [B*R, C*4] (``forward`` on the B*R proposals, image-major).
+            proposals: [B, R, 4]; proposal_valid: bool [B, R] (padding rows give no detections).
+            image_sizes: [B, 2] (h, w) to clip to.
+            max_dets: K, detections per image (default ``max_per_img``).
+
+        Softmax, class-specific decode, clip, score threshold, small-box removal as torchvision's
+        ``RoIHeads.postprocess_detections``; then per-class NMS and the K best survivors. At most
+        ``nms_pre`` (proposal, class) candidates enter NMS: all of them when there are fewer, else
+        the best ``nms_pre`` (NMS only looks at higher scores, so this changes the result only when
+        fewer than K of them survive).
+        """
+        k = self.max_per_img if max_dets is None else int(max_dets)
         num_classes = self.num_classes
         cls_logits, deltas = cls_logits.float(), deltas.float()  # decode in fp32 under autocast
-        boxes_all = self.box_coder.decode(deltas, torch.cat(list(proposals)))  # [K, C*4]
-        scores_all = F.softmax(cls_logits, -1)
-        counts = [p.shape[0] for p in proposals]
-        results = []
-        for boxes, scores, size in zip(boxes_all.split(counts), scores_all.split(counts), image_sizes):
-            boxes = clip_boxes_to_image(boxes.reshape(-1, num_classes, 4), tuple(size))  # (Ki, C*4) -> (Ki, C, 4)
-            labels = torch.arange(num_classes, device=boxes.device).view(1, -1).expand(boxes.shape[0], -1)
-            boxes = boxes.reshape(-1, 4)  # (Ki, C, 4) -> (Ki*C, 4)
-            scores = scores[:, :num_classes].reshape(-1)  # background (last column) dropped
-            labels = labels.reshape(-1)
-            keep = torch.where(scores > self.score_thresh)[0]
-            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            keep = remove_small_boxes(boxes, min_size=self.min_box_size)
-            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.max_per_img]
-            results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
-        return results
+        num_images = proposals.shape[0]
+        boxes = self.box_coder.decode(deltas, proposals.reshape(-1, 4))  # [B*R, C*4]
+        boxes = clip_boxes(boxes.reshape(num_images, -1, 4), image_sizes)  # (B*R, C*4) -> (B, R*C, 4)
+        scores = F.softmax(cls_logits, -1)[:, :num_classes]  # [B*R, C], background (last column) dropped
+        scores = scores.reshape(num_images, -1)  # (B*R, C) -> (B, R*C), index r * C + c
+        labels = torch.arange(num_classes, device=scores.device).repeat(proposals.shape[1])  # [R*C]
+        labels = labels.unsqueeze(0).expand(num_images, -1)  # [B, R*C]
+        w, h = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
+        # (B, R) -> (B, R, C) -> (B, R*C)
+        valid = proposal_valid.unsqueeze(-1).expand(-1, -1, num_classes).reshape(num_images, -1)
+        valid = valid & (scores > self.score_thresh) & (w >= self.min_box_size) & (h >= self.min_box_size)
+        scores = torch.where(valid, scores, torch.full_like(scores, INVALID_SCORE))
+        cand, cand_valid = select_candidates(scores, self.nms_pre)  # [B, M], ascending (r, c) order
+        boxes, labels = gather_rows(boxes, cand), gather_rows(labels, cand)
+        scores = torch.where(cand_valid, gather_rows(scores, cand), torch.full_like(cand_valid, INVALID_SCORE, dtype=scores.dtype))
+        index, keep = nms_topk(boxes, scores, labels, k=k, num_classes=num_classes, iou_threshold=self.nms_thresh)
+        return detections_from_index(boxes, scores, labels, index, keep)
+
+    @torch.no_grad()
+    def detect(
+        self,
+        feats: Sequence[Tensor],
+        proposals: Tensor,
+        proposal_valid: Tensor,
+        image_sizes: Tensor,
+        *,
+        max_dets: Optional[int] = None,
+    ) -> Detections:
+        """Padded proposals [B, R, 4] (+ valid [B, R]) -> padded ``Detections`` (see ``postprocess``)."""
+        num_images, num_props = proposals.shape[0], proposals.shape[1]
+        batch = torch.arange(num_images, device=proposals.device, dtype=proposals.dtype)
+        batch = batch.reshape(-1, 1, 1).expand(-1, num_props, 1)  # [B, R, 1]
+        rois = torch.cat([batch, proposals], dim=2).reshape(-1, 5)  # (B, R, 5) -> (B*R, 5)
+        pooled = self.roi_extractor(feats, rois)
+        cls_logits, deltas = self.box_predictor(self.box_head(pooled))
+        return self.postprocess(cls_logits, deltas, proposals, proposal_valid, image_sizes, max_dets=max_dets)
 
     @torch.no_grad()
     def predict(
-        self, feats: Sequence[Tensor], proposals: Sequence[Tensor], image_sizes: Sequence[Tuple[int, int]]
+        self,
+        feats: Sequence[Tensor],
+        proposals: Sequence[Tensor],
+        image_sizes: Union[Sequence[Tuple[int, int]], Tensor],
     ) -> List[Dict[str, Tensor]]:
-        """``forward`` on the proposals then ``postprocess``."""
-        cls_logits, deltas = self(feats, proposals)
-        return self.postprocess(cls_logits, deltas, proposals, image_sizes)
+        """Per-image proposals [Ri, 4] -> per-image detections (``detect`` on the padded batch, trimmed)."""
+        num = max([p.shape[0] for p in proposals] + [1])
+        padded = feats[0].new_zeros((len(proposals), num, 4))
+        valid = torch.zeros((len(proposals), num), dtype=torch.bool, device=padded.device)
+        for i, p in enumerate(proposals):
+            padded[i, : p.shape[0]] = p
+            valid[i, : p.shape[0]] = True
+        sizes = torch.as_tensor(image_sizes, dtype=torch.float32, device=padded.device).reshape(-1, 2)
+        return trim_detections(self.detect(feats, padded, valid, sizes))
