@@ -20,7 +20,7 @@ def test_tiny_faster_rcnn_overfits_one_image():
     model = build_model(cfg)
     images, boxes, labels = rectangles_image()
     history = overfit(
-        model, images, [{"boxes": boxes, "labels": labels}], steps=60,
+        model, images, [{"boxes": boxes, "labels": labels}], steps=100,
         make_optimizer=lambda params: torch.optim.SGD(params, lr=0.02, momentum=0.9), clip=10.0,
     )
     assert np.mean(history[-5:]) < history[0] / 5, f"loss {history[0]:.3f} -> {history[-5:]}"

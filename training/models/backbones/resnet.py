@@ -24,6 +24,8 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from ..norms import GroupNorm2d
+
 __all__ = ["ResNetBackbone", "PretrainedLoadError", "norm_layer_factory"]
 
 _CONSTRUCTORS: Dict[int, Callable[..., nn.Module]] = {
@@ -45,7 +47,7 @@ def norm_layer_factory(norm: str, gn_groups: int = 32) -> Callable[[int], nn.Mod
     if norm == "bn":
         return nn.BatchNorm2d
     if norm == "gn":
-        return lambda c: nn.GroupNorm(gn_groups, c)
+        return lambda c: GroupNorm2d(gn_groups, c)
     raise ValueError(f"unknown norm '{norm}'; expected 'frozen_bn', 'bn' or 'gn'")
 
 

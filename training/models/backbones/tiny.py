@@ -15,6 +15,8 @@ from typing import List, Sequence
 
 from torch import Tensor, nn
 
+from ..norms import GroupNorm2d
+
 __all__ = ["TinyBackbone"]
 
 
@@ -22,7 +24,7 @@ def _conv_norm_relu(cin: int, cout: int, stride: int, norm: str, gn_groups: int)
     if norm == "bn":
         norm_layer: nn.Module = nn.BatchNorm2d(cout)
     elif norm == "gn":
-        norm_layer = nn.GroupNorm(min(gn_groups, cout), cout)
+        norm_layer = GroupNorm2d(min(gn_groups, cout), cout)
     else:
         raise ValueError(f"TinyBackbone: norm must be 'bn' or 'gn', got '{norm}'")
     conv = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
