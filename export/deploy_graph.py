@@ -4,7 +4,8 @@ Shapes: B images of the padded batch size H x W; K = ``max_dets`` rows per image
 
 ``DeployGraph.forward(images, image_sizes)``:
 
-* ``images`` float32 [B, 3, H, W]: resized and padded (pad value 0) pixels in 0..255, RGB order.
+* ``images`` float32 [B, 3, H, W]: resized and padded pixels in 0..255, RGB order, padded with the
+  mean pixel (0 after normalisation, as training pads).
   The graph reverses the channels when the model was trained on BGR (``to_rgb: false``) and applies
   ``(x - mean) / std`` exactly as ``training.data.transforms.Normalize`` does.
 * ``image_sizes`` int32 [B, 2]: valid (h, w) of each image; boxes are clipped to it.

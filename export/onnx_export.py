@@ -298,7 +298,7 @@ def _metadata(cfg: Config, model: nn.Module, info: Dict[str, Any], post: Dict[st
             "to_rgb": cfg.data.to_rgb,
             "channel_order": "RGB",
             "pixel_range": [0, 255],
-            "pad_value": 0,
+            "pad_value": "mean",  # pad with the mean pixel: 0 after the in-graph normalisation, as in training
             "layout": "NCHW",
         },
         "inputs": inputs,

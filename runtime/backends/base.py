@@ -225,8 +225,8 @@ def model_info_from_metadata(data: Mapping[str, Any], source: str, model_path: P
     """:class:`ModelInfo` from export metadata (see ``METADATA_INPUT_KEYS``); a missing or malformed
     key is a :class:`ModelLoadError` naming ``source`` and the key.
 
-    The metadata's ``input.pad_value`` is not used: the runtime always pads with the mean pixel,
-    which the in-graph normalisation turns into training's 0 (see :mod:`runtime.preprocess`).
+    The runtime pads with the mean pixel (the metadata's ``input.pad_value: "mean"``), which the
+    in-graph normalisation turns into training's 0 (see :mod:`runtime.preprocess`).
     """
     policy = data.get("input")
     if "class_names" not in data or not isinstance(policy, Mapping):

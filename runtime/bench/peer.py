@@ -132,8 +132,9 @@ class PeerEager:
             self._torch.cuda.synchronize()
         return out
 
-    def postprocess(self, raw: List[Dict[str, Any]], metas: Sequence[None]) -> List[Dict[str, np.ndarray]]:
-        return [{k: v.cpu().numpy() for k, v in o.items()} for o in raw]
+    def postprocess(self, raw: List[Dict[str, Any]], metas: Sequence[None]) -> List["_Dets"]:
+        """Host NumPy arrays ``boxes`` [N, 4], ``labels`` [N], ``scores`` [N] per image."""
+        return [_Dets((k, v.cpu().numpy()) for k, v in o.items()) for o in raw]
 
     def close(self) -> None:
         self.model = None

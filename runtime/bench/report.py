@@ -97,7 +97,7 @@ def latency_markdown(record: Mapping[str, Any]) -> str:
          "pre / infer / post p50 ms", "dets/image", "peak RSS MiB", "CUDA peak MiB"],
         rows,
     )
-    return "\n".join(head) + table + "\n"
+    return "\n".join(head) + "\n" + table + "\n"
 
 
 def accuracy_markdown(record: Mapping[str, Any]) -> str:
@@ -115,7 +115,7 @@ def accuracy_markdown(record: Mapping[str, Any]) -> str:
         f"{record['num_detections']} detections; {record['ap_unit']}; evaluator {record['evaluator']}",
         "",
     ]
-    return "\n".join(head) + markdown_table(["backend", *AP_KEYS], rows) + "\n"
+    return "\n".join(head) + "\n" + markdown_table(["backend", *AP_KEYS], rows) + "\n"
 
 
 # ---------------------------------------------------------------------------- the suite
@@ -149,6 +149,17 @@ def _network_input(model: Mapping[str, Any]) -> str:
     return DASH
 
 
+def _groups_used(results: Mapping[str, Any]) -> set:
+    return {m["group"] for m in results["models"]} | ({"r50"} if results.get("peer") else set())
+
+
+def _verdict(target: Mapping[str, Any]) -> str:
+    note = target.get("note")
+    if target["passed"] is None:
+        return f"not measured ({note or 'no data'})"
+    return ("PASS" if target["passed"] else "FAIL") + (f" ({note})" if note else "")
+
+
 def suite_markdown(results: Mapping[str, Any]) -> str:
     """The whole ``bench/results.md`` from the suite's results dict (see runtime.bench.suite)."""
     cols: List[Mapping[str, Any]] = list(results["columns"])
@@ -166,7 +177,8 @@ def suite_markdown(results: Mapping[str, Any]) -> str:
         "",
         f"Latency: one image of {size} (seeded random pixels) per batch, resized by each model's own policy "
         "(network input column), whole pipeline (pre-processing + model + post-processing), median (p50) of "
-        + "; ".join(f"{g}: {s['iters']} timed runs after {s['warmup']} warm-up" for g, s in settings["groups"].items())
+        + "; ".join(f"{g} models: {s['iters']} timed runs after {s['warmup']} warm-up" for g, s in settings["groups"].items()
+                    if g in _groups_used(results))
         + f", repeated over {settings.get('rounds', 1)} round(s). Accuracy: COCO box AP on the synthetic val set "
         f"(`{settings['data']['ann_file']}`), in AP points, delta to PyTorch fp32 on the same device in brackets.",
         "",
@@ -249,7 +261,7 @@ def suite_markdown(results: Mapping[str, Any]) -> str:
     out += [markdown_table(
         ["target", "measured", "required", "result"],
         [[t["description"], fmt(t["measured"], t.get("digits", 2)), f"{t['op']} {t['threshold']}",
-          "PASS" if t["passed"] else ("FAIL" if t["passed"] is False else f"not measured ({t.get('note') or 'no data'})")]
+          _verdict(t)]
          for t in results.get("targets", [])],
     ), ""]
 
@@ -293,6 +305,7 @@ def latency_chart(results: Mapping[str, Any], path: PathLike) -> Path:
         ax.set_yticks(y)
         ax.set_yticklabels(labels, fontsize=8)
         ax.set_xscale("log")
+        ax.set_xlim(min(values) / 1.5, max(values) * 2.5)  # room for the value labels
         for yi, v in zip(y, values):
             ax.text(v, yi, f" {v:.1f}", va="center", fontsize=7)
     else:

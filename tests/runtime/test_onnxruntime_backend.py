@@ -192,7 +192,7 @@ def test_cuda_request_on_a_cpu_build_names_the_file(toy_path):
 def test_model_info_from_metadata_keeps_extra_keys():
     info = model_info_from_metadata(dict(META, onnx_opset=17), "m.json", "m.onnx")
     assert info.extra["max_dets"] == 3 and info.extra["onnx_opset"] == 17 and info.score_thr == 0.05
-    assert info.pad_pixel == tuple(INPUT["mean"])  # the mean pixel, whatever input.pad_value says
+    assert info.pad_pixel == tuple(INPUT["mean"])  # input.pad_value "mean": the mean pixel
 
 
 def test_backends_import_without_torch():

@@ -19,7 +19,7 @@ __all__ = ["INPUT", "META", "toy_graph", "write_model"]
 
 INPUT = {
     "scale": [64, 96], "pad_divisor": 32, "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375],
-    "to_rgb": True, "pixel_range": [0, 255], "channel_order": "RGB", "pad_value": 0,
+    "to_rgb": True, "pixel_range": [0, 255], "channel_order": "RGB", "pad_value": "mean",
 }
 # the keys of export/onnx_export.py's model.json (format_version 1) that the runtime reads
 META = {"format_version": 1, "class_names": ["circle", "square"], "category_ids": [3, 7], "input": INPUT,
