@@ -12,7 +12,7 @@ DATA_DIR ?= data/synthetic
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-slow data check-data train eval export clean
+.PHONY: setup demo test test-slow data check-data train eval export bench clean
 
 setup: $(STAMP)
 
@@ -47,6 +47,12 @@ CHECKPOINT ?= $(WORK_DIR)/model_final.pth
 OUT ?= $(dir $(CHECKPOINT))export
 export: | $(STAMP)
 	$(PY) -m export.onnx_export --checkpoint $(CHECKPOINT) --config $(CONFIG) --out $(OUT) $(ARGS)
+
+# make bench [BENCH_ARGS="..."]: latency + COCO AP of every model on every available backend and the
+# torchvision peer, into bench/results.{json,md} and bench/latency.png (python -m runtime.bench.suite --help).
+BENCH_ARGS ?=
+bench: data
+	$(PY) -m runtime.bench.suite --data $(DATA_DIR) --out bench $(BENCH_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -184,6 +184,16 @@ def suite_markdown(results: Mapping[str, Any]) -> str:
         "",
     ]
 
+    load = results.get("load_average") or {}
+    if load.get("start") is not None:
+        cores = machine.get("cores_available") or 1
+        # the run's own processes load the CPU, so only the load before it started tells of others
+        busy = load["start"][0] > 0.5 * cores
+        out += [f"Load average (1 / 5 / 15 min) at start {' / '.join(str(v) for v in load['start'])}, at end "
+                f"{' / '.join(str(v) for v in load.get('end') or [])} (the end includes this run's own load)."
+                + (" **Warning: the CPU was busy when the run started; if other processes kept running, these "
+                   "timings are not reliable: run again on a quiet machine.**" if busy else ""), ""]
+
     # -- MMDeploy-form latency table
     out += ["## Latency (ms per image, batch 1, p50)", ""]
     rows = []
@@ -246,6 +256,15 @@ def suite_markdown(results: Mapping[str, Any]) -> str:
     out += ["peak RSS: the high-water mark of the measuring process (a fresh process per model and backend; "
             "model loading included). Peer latencies include its own resize and normalisation, done inside "
             "its model.", ""]
+
+    # -- issue 6: eager vs ONNX Runtime
+    if results.get("speedups"):
+        out += ["## PyTorch eager vs ONNX Runtime (CPU, batch 1, ms per image; ratio > 1: ONNX Runtime faster)", ""]
+        out += [markdown_table(
+            ["model", "eager p50", "eager p90", "ONNX Runtime p50", "ONNX Runtime p90", "eager / ONNX Runtime"],
+            [[s["model"], fmt(s["eager_p50_ms"]), fmt(s["eager_p90_ms"]), fmt(s["ort_p50_ms"]), fmt(s["ort_p90_ms"]),
+              fmt(s["ratio"], 2)] for s in results["speedups"]],
+        ), ""]
 
     # -- ratios to the peer
     if results.get("ratios"):

@@ -49,6 +49,7 @@ __all__ = [
     "ModelSpec",
     "build_parser",
     "compute_ratios",
+    "compute_speedups",
     "compute_targets",
     "find_checkpoint",
     "main",
@@ -86,6 +87,14 @@ DEFAULT_MODELS = (
 TARGET_MODEL = "libra_faster_rcnn_r50_fpn_1x"
 R50_NUM_CLASSES = 80  # COCO's, for the random-weights R-50 models
 BACKEND_LABELS = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT"}
+
+
+def _load_average() -> Optional[List[float]]:
+    """The 1/5/15-minute load averages (None where the OS has none): a busy machine skews timings."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def _log(start: float, message: str) -> None:
@@ -138,7 +147,7 @@ def probe_environment() -> Dict[str, Any]:
     return env
 
 
-def plan_columns(env: Mapping[str, Any], engines: Mapping[str, Mapping[str, str]] = {}) -> List[Column]:
+def plan_columns(env: Mapping[str, Any], engines: Optional[Mapping[str, Mapping[str, str]]] = None) -> List[Column]:
     """The columns of the tables, each available or not with the reason.
 
     ``env``: :func:`probe_environment`'s dict. ``engines``: ``{model: {precision: engine path}}``
@@ -146,6 +155,7 @@ def plan_columns(env: Mapping[str, Any], engines: Mapping[str, Mapping[str, str]
     GPU is present and at least one engine of that precision was given (this repository builds
     ONNX files, not engines).
     """
+    engines = engines or {}
     providers = list(env.get("ort_providers") or [])
     cuda = bool(env.get("cuda"))
     no_gpu = "no CUDA GPU on this machine (torch.cuda.is_available() is False)"
@@ -353,6 +363,26 @@ def compute_ratios(models: Sequence[Mapping[str, Any]], peer: Optional[Mapping[s
     return out
 
 
+def compute_speedups(models: Sequence[Mapping[str, Any]]) -> List[dict]:
+    """Issue 6's export benchmark: per model, PyTorch eager vs ONNX Runtime on the CPU at batch 1,
+    p50 and p90 per image, and ``ratio`` = eager p50 / ONNX Runtime p50 (> 1: ONNX Runtime faster)."""
+    from runtime.bench.report import batch_entry
+
+    out = []
+    for m in models:
+        eager = batch_entry((m["runs"].get("torch/fp32/cpu") or {}).get("latency"), 1)
+        ort = batch_entry((m["runs"].get("onnxruntime/fp32/cpu") or {}).get("latency"), 1)
+        if eager is None or ort is None:
+            continue
+        out.append({
+            "model": m["name"],
+            "eager_p50_ms": eager["per_image_ms"]["p50"], "eager_p90_ms": eager["per_image_ms"]["p90"],
+            "ort_p50_ms": ort["per_image_ms"]["p50"], "ort_p90_ms": ort["per_image_ms"]["p90"],
+            "ratio": round(eager["per_image_ms"]["p50"] / ort["per_image_ms"]["p50"], 3),
+        })
+    return out
+
+
 def _target(name: str, description: str, measured: Optional[float], op: str, threshold: float, note: str = "") -> dict:
     passed = None if measured is None else (measured <= threshold if op == "<=" else measured >= threshold)
     return {"name": name, "description": description, "measured": measured, "op": op, "threshold": threshold,
@@ -465,6 +495,7 @@ def _engines(items: Sequence[str]) -> Dict[str, Dict[str, str]]:
 def run_suite(args: argparse.Namespace) -> Dict[str, Any]:
     """Measure everything (see the module docstring) and return the results dict."""
     start = time.perf_counter()
+    load_start = _load_average()
     specs = _select_models(args.models)
     given = {k: Path(v) for k, v in _pairs(args.checkpoint, "--checkpoint").items()}
     engines = _engines(args.engine)
@@ -513,7 +544,7 @@ def run_suite(args: argparse.Namespace) -> Dict[str, Any]:
             _log(start, f"{spec.name}: training {args.train_iters} iterations (no checkpoint found)")
             path = train_briefly(spec, work / "train" / spec.name, data_dir=args.data, iters=args.train_iters,
                                  log=work / "logs" / f"train_{spec.name}.log")
-            found = (path, f"short run of {args.train_iters} iterations by the suite: AP of a short run, not converged")
+            found = (path, "a short run by the suite: AP of a short run, not converged")
         if found is not None:
             path, how = found
             iteration = _checkpoint_summary(path)[1]
@@ -590,6 +621,7 @@ def run_suite(args: argparse.Namespace) -> Dict[str, Any]:
         "machine": machine_info(),
         "environment": env,
         "threads": threads,
+        "load_average": {"start": load_start, "end": _load_average()},
         "settings": {
             "size": list(args.size), "groups": groups, "rounds": max(1, args.rounds),
             "data": {"ann_file": str(ann_file), "images": str(val_dir), "max_images": args.accuracy_images},
@@ -598,6 +630,7 @@ def run_suite(args: argparse.Namespace) -> Dict[str, Any]:
         "models": models,
         "peer": peer,
         "ratios": compute_ratios(models, peer, columns),
+        "speedups": compute_speedups(models),
         "targets": compute_targets(models, peer),
         "skipped": [f"{c.label}: {c.reason} (no number written)" for c in columns if not c.available],
     }
