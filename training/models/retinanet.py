@@ -26,15 +26,16 @@ from .anchors import AnchorGenerator
 from .assigner import MaxIoUAssigner
 from .box_coder import DeltaXYWHBoxCoder
 from .dense_heads.retina_head import RetinaHead
-from .ops import Detections, trim_detections
-from .faster_rcnn import check_loss_weights, validate_targets, weighted_losses
+from .detector import Detector, validate_targets
+from .ops import Detections
 
 __all__ = ["RetinaNet", "build_retinanet"]
 
 
-class RetinaNet(nn.Module):
+class RetinaNet(Detector):
     """One-stage detector (see the module docstring for the contract)."""
 
+    ARCH = "retinanet"
     LOSS_NAMES: Tuple[str, ...] = ("retina_cls", "retina_bbox")
 
     def __init__(
@@ -48,20 +49,17 @@ class RetinaNet(nn.Module):
         assigner: MaxIoUAssigner,
         loss_weights: Optional[Mapping[str, float]] = None,
     ) -> None:
-        super().__init__()
         num_anchors = anchor_generator.num_anchors_per_location()
         if any(a != head.num_anchors for a in num_anchors):
             raise ValueError(
                 f"RetinaNet: the head predicts {head.num_anchors} anchors per location but the anchor "
                 f"generator makes {num_anchors} per level"
             )
-        self.backbone = backbone
-        self.necks = necks if isinstance(necks, nn.ModuleList) else nn.ModuleList(necks)
+        super().__init__(backbone=backbone, necks=necks, loss_weights=loss_weights)
         self.head = head
         self.anchor_generator = anchor_generator
         self.box_coder = box_coder
         self.assigner = assigner
-        self.loss_weights = check_loss_weights(loss_weights, self.LOSS_NAMES, "retinanet")
 
     @property
     def num_classes(self) -> int:
@@ -69,10 +67,7 @@ class RetinaNet(nn.Module):
 
     def extract_feats(self, images: Tensor) -> List[Tensor]:
         """[B, 3, H, W] -> pyramid maps [B, C, Hi, Wi], finest first (P3..P7)."""
-        feats = self.backbone(images)
-        for neck in self.necks:
-            feats = neck(feats)
-        feats = list(feats)
+        feats = super().extract_feats(images)
         if len(feats) != self.anchor_generator.num_levels:
             raise ValueError(
                 f"RetinaNet: the necks give {len(feats)} levels but the anchors are set for "
@@ -94,21 +89,6 @@ class RetinaNet(nn.Module):
             cls_logits, bbox_deltas, anchors, targets, assigner=self.assigner, box_coder=self.box_coder
         )
 
-    def forward(
-        self,
-        images: Tensor,
-        targets: Optional[Sequence[Dict[str, Tensor]]] = None,
-        image_sizes: Optional[Sequence[Tuple[int, int]]] = None,
-    ):
-        """Train mode: weighted losses. Eval mode: ``predict(images, image_sizes)``."""
-        if self.training:
-            if targets is None:
-                raise ValueError("RetinaNet in train mode needs targets (call model.eval() to predict)")
-            return weighted_losses(self.compute_losses(images, targets), self.loss_weights)
-        if image_sizes is None:
-            image_sizes = [(int(images.shape[-2]), int(images.shape[-1]))] * images.shape[0]
-        return self.predict(images, image_sizes)
-
     @torch.no_grad()
     def detect(self, images: Tensor, image_sizes: Tensor, *, max_dets: Optional[int] = None) -> Detections:
         """Padded detections of a batch (the path the ONNX export traces; ``predict`` trims it).
@@ -124,14 +104,6 @@ class RetinaNet(nn.Module):
         return self.head.detect(
             cls_logits, bbox_deltas, anchors, image_sizes.to(torch.float32), box_coder=self.box_coder, max_dets=max_dets
         )
-
-    @torch.no_grad()
-    def predict(self, images: Tensor, image_sizes: Sequence[Tuple[int, int]]) -> List[Dict[str, Tensor]]:
-        """Detections per image (see the module docstring): ``detect`` trimmed to the valid rows."""
-        if len(image_sizes) != images.shape[0]:
-            raise ValueError(f"got {len(image_sizes)} image_sizes for a batch of {images.shape[0]} images")
-        sizes = torch.as_tensor(image_sizes, dtype=torch.float32, device=images.device).reshape(-1, 2)
-        return trim_detections(self.detect(images, sizes))
 
 
 def build_retinanet(cfg: ModelConfig, backbone: nn.Module, necks: nn.ModuleList) -> RetinaNet:

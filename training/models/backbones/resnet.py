@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from ..norms import GroupNorm2d
+from .freezing import FrozenStagesBackbone
 
 __all__ = ["ResNetBackbone", "PretrainedLoadError", "norm_layer_factory"]
 
@@ -51,7 +52,7 @@ def norm_layer_factory(norm: str, gn_groups: int = 32) -> Callable[[int], nn.Mod
     raise ValueError(f"unknown norm '{norm}'; expected 'frozen_bn', 'bn' or 'gn'")
 
 
-class ResNetBackbone(nn.Module):
+class ResNetBackbone(FrozenStagesBackbone):
     """ResNet-18/34/50/101 trunk (no avgpool / fc) producing [C2, C3, C4, C5]."""
 
     def __init__(self, *, depth: int = 50, frozen_stages: int = 1, norm: str = "frozen_bn", gn_groups: int = 32) -> None:
@@ -76,21 +77,6 @@ class ResNetBackbone(nn.Module):
         if self.frozen_stages < 0:
             return []
         return [self.conv1, self.bn1] + stages[: self.frozen_stages]
-
-    def _freeze(self) -> None:
-        for m in self._frozen_modules():
-            for p in m.parameters():
-                p.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> "ResNetBackbone":
-        """As ``nn.Module.train``, but BatchNorm layers of frozen stages stay in eval mode."""
-        super().train(mode)
-        if mode:
-            for m in self._frozen_modules():
-                for sub in m.modules():
-                    if isinstance(sub, nn.modules.batchnorm._BatchNorm):
-                        sub.eval()
-        return self
 
     def forward(self, x: Tensor) -> List[Tensor]:
         """[B, 3, H, W] -> [C2, C3, C4, C5]."""

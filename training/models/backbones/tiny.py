@@ -16,6 +16,7 @@ from typing import List, Sequence
 from torch import Tensor, nn
 
 from ..norms import GroupNorm2d
+from .freezing import FrozenStagesBackbone
 
 __all__ = ["TinyBackbone"]
 
@@ -32,7 +33,7 @@ def _conv_norm_relu(cin: int, cout: int, stride: int, norm: str, gn_groups: int)
     return nn.Sequential(conv, norm_layer, nn.ReLU(inplace=True))
 
 
-class TinyBackbone(nn.Module):
+class TinyBackbone(FrozenStagesBackbone):
     """Four stages of strided 3x3 conv blocks producing [C2, C3, C4, C5]."""
 
     def __init__(
@@ -54,24 +55,12 @@ class TinyBackbone(nn.Module):
         self.out_channels: List[int] = w
         self.strides: List[int] = [4, 8, 16, 32]
         self.frozen_stages = frozen_stages
-        for m in self._frozen_modules():
-            for p in m.parameters():
-                p.requires_grad_(False)
+        self._freeze()
 
     def _frozen_modules(self) -> List[nn.Module]:
         if self.frozen_stages < 0:
             return []
         return [self.stem] + list(self.stages[: self.frozen_stages])
-
-    def train(self, mode: bool = True) -> "TinyBackbone":
-        """As ``nn.Module.train``, but BatchNorm layers of frozen stages stay in eval mode."""
-        super().train(mode)
-        if mode:
-            for m in self._frozen_modules():
-                for sub in m.modules():
-                    if isinstance(sub, nn.modules.batchnorm._BatchNorm):
-                        sub.eval()
-        return self
 
     def forward(self, x: Tensor) -> List[Tensor]:
         """[B, 3, H, W] -> [C2, C3, C4, C5]."""

@@ -26,7 +26,7 @@ import argparse
 import re
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -74,6 +74,44 @@ def _strip_model_key(sd: Dict) -> Dict[str, Tensor]:
     return sd
 
 
+# (pattern, replacement): the replacement is an ``re.sub`` template or a function of the match
+_Rule = Tuple[str, Union[str, Callable[["re.Match[str]"], str]]]
+
+# ResNet trunk and the FPN's lateral/output convs: the same layout in both torchvision detectors
+# (v1 ``inner_blocks.i.*`` or v2 ``inner_blocks.i.0.*``).
+_RESNET_FPN_RULES: List[_Rule] = [
+    (r"^backbone\.body\.(.*)$", r"backbone.\1"),
+    (r"^backbone\.fpn\.inner_blocks\.(\d+)\.(?:0\.)?(weight|bias)$", r"necks.0.lateral_convs.\1.\2"),
+    (r"^backbone\.fpn\.layer_blocks\.(\d+)\.(?:0\.)?(weight|bias)$", r"necks.0.fpn_convs.\1.\2"),
+]
+
+
+def _require_keys(sd: Dict[str, Tensor], needed: Sequence[str], detector: str) -> None:
+    """Raise ConversionError when ``sd`` lacks any of ``needed`` (so it is not a torchvision ``detector``)."""
+    absent = [k for k in needed if k not in sd]
+    if absent:
+        raise ConversionError(f"not a torchvision {detector} state dict: no {absent}; first keys: {list(sd)[:5]}")
+
+
+def _rename_keys(sd: Dict[str, Tensor], rules: Sequence[_Rule], *, what: str, hint: str) -> Dict[str, Tensor]:
+    """Copy of ``sd`` (tensors cloned) under our keys, each renamed by the first rule it matches.
+
+    ``num_batches_tracked`` entries are dropped; a key no rule matches raises ConversionError
+    ``unexpected <what> '<key>' (<hint>)``.
+    """
+    out: Dict[str, Tensor] = {}
+    for key, value in sd.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        for pattern, repl in rules:
+            if re.match(pattern, key):
+                out[re.sub(pattern, repl, key)] = value.clone()
+                break
+        else:
+            raise ConversionError(f"unexpected {what} '{key}' ({hint})")
+    return out
+
+
 def convert_faster_rcnn_state_dict(sd: Dict[str, Tensor], num_classes: int) -> Dict[str, Tensor]:
     """torchvision ``FasterRCNN`` (ResNet-FPN) keys/tensors -> ours.
 
@@ -86,33 +124,19 @@ def convert_faster_rcnn_state_dict(sd: Dict[str, Tensor], num_classes: int) -> D
         box regression). ``num_batches_tracked`` entries are dropped (the backbone uses FrozenBN).
     """
     needed = ["backbone.body.conv1.weight", "roi_heads.box_predictor.cls_score.weight", "rpn.head.cls_logits.weight"]
-    absent = [k for k in needed if k not in sd]
-    if absent:
-        raise ConversionError(f"not a torchvision FasterRCNN state dict: no {absent}; first keys: {list(sd)[:5]}")
+    _require_keys(sd, needed, "FasterRCNN")
     rows = sd["roi_heads.box_predictor.cls_score.weight"].shape[0]
     if rows != num_classes:
         raise ConversionError(f"--num-classes {num_classes} but the weights classify {rows} classes (background included)")
     if num_classes < 2:
         raise ConversionError(f"--num-classes must be >= 2 (background + 1 class), got {num_classes}")
-    rules = [
-        (r"^backbone\.body\.(.*)$", r"backbone.\1"),
-        (r"^backbone\.fpn\.inner_blocks\.(\d+)\.(?:0\.)?(weight|bias)$", r"necks.0.lateral_convs.\1.\2"),
-        (r"^backbone\.fpn\.layer_blocks\.(\d+)\.(?:0\.)?(weight|bias)$", r"necks.0.fpn_convs.\1.\2"),
+    rules = _RESNET_FPN_RULES + [
         (r"^rpn\.head\.conv\.(?:0\.0\.)?(weight|bias)$", r"rpn.head.conv.\1"),
         (r"^rpn\.head\.(cls_logits|bbox_pred)\.(weight|bias)$", r"rpn.head.\1.\2"),
         (r"^roi_heads\.box_head\.(fc6|fc7)\.(weight|bias)$", r"roi_head.box_head.\1.\2"),
         (r"^roi_heads\.box_predictor\.(cls_score|bbox_pred)\.(weight|bias)$", r"roi_head.box_predictor.\1.\2"),
     ]
-    out: Dict[str, Tensor] = {}
-    for key, value in sd.items():
-        if key.endswith("num_batches_tracked"):
-            continue
-        for pattern, repl in rules:
-            if re.match(pattern, key):
-                out[re.sub(pattern, repl, key)] = value.clone()
-                break
-        else:
-            raise ConversionError(f"unexpected torchvision key '{key}' (masks/keypoints heads are not supported)")
+    out = _rename_keys(sd, rules, what="torchvision key", hint="masks/keypoints heads are not supported")
     # background row 0 -> last; background box regression (rows 0..3) dropped
     order = list(range(1, num_classes)) + [0]
     for name in ("weight", "bias"):
@@ -140,9 +164,7 @@ def convert_retinanet_state_dict(sd: Dict[str, Tensor], num_classes: int) -> Dic
         "head.classification_head.cls_logits.weight",
         "head.regression_head.bbox_reg.weight",
     ]
-    absent = [k for k in needed if k not in sd]
-    if absent:
-        raise ConversionError(f"not a torchvision RetinaNet state dict: no {absent}; first keys: {list(sd)[:5]}")
+    _require_keys(sd, needed, "RetinaNet")
     if num_classes < 1:
         raise ConversionError(f"--num-classes must be >= 1, got {num_classes}")
     num_anchors = sd["head.regression_head.bbox_reg.weight"].shape[0] // 4
@@ -152,33 +174,21 @@ def convert_retinanet_state_dict(sd: Dict[str, Tensor], num_classes: int) -> Dic
             f"--num-classes {num_classes} but the weights classify {rows // max(num_anchors, 1)} classes "
             f"({rows} logits for {num_anchors} anchors per location)"
         )
-    rules = [
-        (r"^backbone\.body\.(.*)$", r"backbone.\1"),
-        (r"^backbone\.fpn\.inner_blocks\.(\d+)\.(?:0\.)?(weight|bias)$", r"necks.0.lateral_convs.\1.\2"),
-        (r"^backbone\.fpn\.layer_blocks\.(\d+)\.(?:0\.)?(weight|bias)$", r"necks.0.fpn_convs.\1.\2"),
+    towers = {"classification": "cls_convs", "regression": "reg_convs"}
+
+    def tower_key(m: "re.Match[str]") -> str:
+        # tower conv i: v2 ``conv.{i}.0.*`` (Conv2dNormActivation); v1 ``conv.{2i}.*`` (conv, relu, ...)
+        layer = int(m.group(2)) if m.group(3) else int(m.group(2)) // 2
+        return f"head.{towers[m.group(1)]}.{layer}.{m.group(4)}"
+
+    rules: List[_Rule] = [(r"^head\.(classification|regression)_head\.conv\.(\d+)\.(0\.)?(weight|bias)$", tower_key)]
+    rules += _RESNET_FPN_RULES + [
         (r"^backbone\.fpn\.extra_blocks\.p6\.(weight|bias)$", r"necks.0.extra_convs.0.\1"),
         (r"^backbone\.fpn\.extra_blocks\.p7\.(weight|bias)$", r"necks.0.extra_convs.1.\1"),
         (r"^head\.classification_head\.cls_logits\.(weight|bias)$", r"head.cls_logits.\1"),
         (r"^head\.regression_head\.bbox_reg\.(weight|bias)$", r"head.bbox_reg.\1"),
     ]
-    towers = {"classification": "cls_convs", "regression": "reg_convs"}
-    out: Dict[str, Tensor] = {}
-    for key, value in sd.items():
-        if key.endswith("num_batches_tracked"):
-            continue
-        # tower conv i: v2 ``conv.{i}.0.*`` (Conv2dNormActivation); v1 ``conv.{2i}.*`` (conv, relu, ...)
-        m = re.match(r"^head\.(classification|regression)_head\.conv\.(\d+)\.(0\.)?(weight|bias)$", key)
-        if m:
-            layer = int(m.group(2)) if m.group(3) else int(m.group(2)) // 2
-            out[f"head.{towers[m.group(1)]}.{layer}.{m.group(4)}"] = value.clone()
-            continue
-        for pattern, repl in rules:
-            if re.match(pattern, key):
-                out[re.sub(pattern, repl, key)] = value.clone()
-                break
-        else:
-            raise ConversionError(f"unexpected torchvision RetinaNet key '{key}' (a GroupNorm v2 head is not supported)")
-    return out
+    return _rename_keys(sd, rules, what="torchvision RetinaNet key", hint="a GroupNorm v2 head is not supported")
 
 
 def _retinanet_class_names(num_classes: int) -> List[str]:
@@ -191,14 +201,6 @@ def _retinanet_class_names(num_classes: int) -> List[str]:
     return [f"class_{j}" for j in range(num_classes)]
 
 
-def _retinanet_config(sd: Dict[str, Tensor], config_path: Path) -> Config:
-    cfg = load_config(config_path)
-    cfg.model.arch = "retinanet"
-    cfg.model.backbone.depth = resnet_depth_from_state_dict(sd)
-    cfg.model.backbone.pretrained = None
-    return cfg
-
-
 def default_class_names(num_tv_classes: int) -> List[str]:
     """Names of our labels 0..N-2: torchvision's COCO names for N = 91, else ``class_<j>``."""
     if num_tv_classes == 91:
@@ -209,9 +211,10 @@ def default_class_names(num_tv_classes: int) -> List[str]:
     return [f"class_{j}" for j in range(1, num_tv_classes)]
 
 
-def _faster_rcnn_config(sd: Dict[str, Tensor], config_path: Path) -> Config:
+def _tv_config(sd: Dict[str, Tensor], config_path: Path, arch: str) -> Config:
+    """The config at ``config_path`` for ``arch``, with the ResNet depth of the torchvision weights ``sd``."""
     cfg = load_config(config_path)
-    cfg.model.arch = "faster_rcnn"
+    cfg.model.arch = arch
     cfg.model.backbone.depth = resnet_depth_from_state_dict(sd)
     cfg.model.backbone.pretrained = None
     return cfg
@@ -245,10 +248,10 @@ def convert_checkpoint(
     try:
         if arch == "faster_rcnn":
             new_sd = convert_faster_rcnn_state_dict(sd, num_classes)
-            cfg = _faster_rcnn_config(sd, Path(config_path) if config_path else TV_FASTER_RCNN_CONFIG)
+            cfg = _tv_config(sd, Path(config_path) if config_path else TV_FASTER_RCNN_CONFIG, arch)
         elif arch == "retinanet":
             new_sd = convert_retinanet_state_dict(sd, num_classes)
-            cfg = _retinanet_config(sd, Path(config_path) if config_path else TV_RETINANET_CONFIG)
+            cfg = _tv_config(sd, Path(config_path) if config_path else TV_RETINANET_CONFIG, arch)
         else:
             raise ConversionError(f"--arch must be 'faster_rcnn' or 'retinanet', got '{arch}'")
     except ConversionError as e:
