@@ -106,6 +106,9 @@ class BackboneConfig:
     pretrained: Optional[str] = None  # local torchvision ImageNet ResNet checkpoint (.pth)
     widths: List[int] = field(default_factory=lambda: [32, 64, 128, 256])  # tiny: C2..C5 channels
     gn_groups: int = 8  # groups when norm == "gn"
+    # epsilon of the ResNet's norm layers; torchvision's COCO_V1 detector weights were trained with
+    # FrozenBatchNorm eps 0.0 (torchvision sets it when loading them), ImageNet ResNets with 1e-5
+    norm_eps: float = 1e-5
 
 
 @dataclass

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 
 from training.models.backbones import PretrainedLoadError, ResNetBackbone, TinyBackbone
 from training.models.necks import FPN
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_resnet_outputs_and_frozen_stages():
@@ -142,3 +145,17 @@ def test_fpn_bad_arguments():
         FPN(in_channels=[8, 16], extra="avgpool")
     with pytest.raises(ValueError, match="num_outs 1 < 2"):
         FPN(in_channels=[8, 16], num_outs=1)
+
+
+def test_norm_eps_reaches_every_norm_layer():
+    """torchvision's COCO_V1 detector weights need FrozenBatchNorm eps 0.0 (its tv configs set it)."""
+    from training.config import load_config
+    from training.models import build_model
+
+    cfg = load_config(REPO / "configs" / "tv_faster_rcnn_r50_fpn.yaml", ["model.num_classes=3"])
+    assert cfg.model.backbone.norm_eps == 0.0
+    model = build_model(cfg)
+    eps = {m.eps for m in model.modules() if isinstance(m, FrozenBatchNorm2d)}
+    assert eps == {0.0}
+    net = ResNetBackbone(depth=18, norm="bn", norm_eps=1e-3)
+    assert {m.eps for m in net.modules() if isinstance(m, nn.BatchNorm2d)} == {1e-3}

@@ -16,6 +16,7 @@ import torch
 from torchvision.models.detection import FasterRCNN as TVFasterRCNN
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection._utils import overwrite_eps
 from torchvision.ops import FrozenBatchNorm2d
 
 from training.models import load_checkpoint_model
@@ -32,6 +33,8 @@ def _torchvision_model(backbone_name: str) -> TVFasterRCNN:
         backbone_name=backbone_name, weights=None, norm_layer=FrozenBatchNorm2d, trainable_layers=3
     )
     model = TVFasterRCNN(backbone, num_classes=91)
+    # what torchvision does when it loads its COCO_V1 weights; the tv config's norm_eps is 0.0 to match
+    overwrite_eps(model, 0.0)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for m in model.modules():

@@ -23,6 +23,7 @@ from torch import nn
 from torchvision.models.detection import RetinaNet as TVRetinaNet
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection._utils import overwrite_eps
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
@@ -80,6 +81,8 @@ def _tv_model(depth: int) -> nn.Module:
     # torchvision's pretrained detectors run FrozenBatchNorm2d (as ours): same arithmetic, so that
     # scores agree to the last bit and near-equal scores keep their order
     _freeze_bn(model)
+    # what torchvision does when it loads its COCO_V1 weights; the tv config's norm_eps is 0.0 to match
+    overwrite_eps(model, 0.0)
     # head: He-initialised towers fed unit-scale features, a lower class prior and larger logit and
     # delta weights, so that scores spread over (0.05, 1) and boxes are neither tiny nor huge
     model.eval()

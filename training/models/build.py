@@ -53,7 +53,8 @@ def build_backbone(cfg: BackboneConfig, *, pretrained: bool = True) -> nn.Module
     """ResNet or tiny backbone; loads ``cfg.pretrained`` (a local file) when set and ``pretrained``."""
     if cfg.kind == "resnet":
         backbone: nn.Module = ResNetBackbone(
-            depth=cfg.depth, frozen_stages=cfg.frozen_stages, norm=cfg.norm, gn_groups=cfg.gn_groups
+            depth=cfg.depth, frozen_stages=cfg.frozen_stages, norm=cfg.norm, gn_groups=cfg.gn_groups,
+            norm_eps=cfg.norm_eps,
         )
         if pretrained and cfg.pretrained:
             backbone.load_pretrained(cfg.pretrained)  # type: ignore[operator]

@@ -41,27 +41,30 @@ class PretrainedLoadError(ValueError):
     """A pretrained backbone file is missing, unreadable, or not a matching ResNet checkpoint."""
 
 
-def norm_layer_factory(norm: str, gn_groups: int = 32) -> Callable[[int], nn.Module]:
+def norm_layer_factory(norm: str, gn_groups: int = 32, eps: float = 1e-5) -> Callable[[int], nn.Module]:
     """A ``num_features -> module`` factory for ``norm`` in ("frozen_bn", "bn", "gn")."""
     if norm == "frozen_bn":
-        return FrozenBatchNorm2d
+        return lambda c: FrozenBatchNorm2d(c, eps=eps)
     if norm == "bn":
-        return nn.BatchNorm2d
+        return lambda c: nn.BatchNorm2d(c, eps=eps)
     if norm == "gn":
-        return lambda c: GroupNorm2d(gn_groups, c)
+        return lambda c: GroupNorm2d(gn_groups, c, eps=eps)
     raise ValueError(f"unknown norm '{norm}'; expected 'frozen_bn', 'bn' or 'gn'")
 
 
 class ResNetBackbone(FrozenStagesBackbone):
     """ResNet-18/34/50/101 trunk (no avgpool / fc) producing [C2, C3, C4, C5]."""
 
-    def __init__(self, *, depth: int = 50, frozen_stages: int = 1, norm: str = "frozen_bn", gn_groups: int = 32) -> None:
+    def __init__(
+        self, *, depth: int = 50, frozen_stages: int = 1, norm: str = "frozen_bn", gn_groups: int = 32,
+        norm_eps: float = 1e-5,
+    ) -> None:
         super().__init__()
         if depth not in _CONSTRUCTORS:
             raise ValueError(f"ResNetBackbone: depth {depth} not supported; choose one of {sorted(_CONSTRUCTORS)}")
         if not -1 <= frozen_stages <= 4:
             raise ValueError(f"ResNetBackbone: frozen_stages must be in -1..4, got {frozen_stages}")
-        net = _CONSTRUCTORS[depth](weights=None, norm_layer=norm_layer_factory(norm, gn_groups))
+        net = _CONSTRUCTORS[depth](weights=None, norm_layer=norm_layer_factory(norm, gn_groups, norm_eps))
         self.depth = depth
         self.norm = norm
         self.frozen_stages = frozen_stages
