@@ -10,14 +10,25 @@ from typing import List, Union
 
 from torch import nn
 
-from ..config import AnchorConfig, BackboneConfig, Config, ModelConfig, SamplerConfig
+from ..config import (
+    AnchorConfig,
+    BackboneConfig,
+    Config,
+    ModelConfig,
+    RetinaHeadConfig,
+    RoIHeadConfig,
+    RPNConfig,
+    SamplerConfig,
+)
 from .anchors import AnchorGenerator
 from .assigner import MaxIoUAssigner
 from .backbones.resnet import ResNetBackbone
 from .backbones.tiny import TinyBackbone
 from .box_coder import DeltaXYWHBoxCoder
+from .dense_heads.retina_head import RetinaHead
 from .dense_heads.rpn_head import RPN, RPNHead
 from .faster_rcnn import FasterRCNN
+from .retinanet import RetinaNet
 from .losses import BalancedL1Loss, L1Loss, SmoothL1Loss
 from .necks.bfp import BalancedFeaturePyramid
 from .necks.fpn import FPN
@@ -124,6 +135,19 @@ def build_anchor_generator(cfg: AnchorConfig) -> AnchorGenerator:
 SAMPLER_KINDS = ("random", "libra", "iou_balanced", "instance_balanced")
 
 
+def build_assigner(
+    cfg: Union[RPNConfig, RoIHeadConfig, RetinaHeadConfig], *, allow_low_quality_matches: bool
+) -> MaxIoUAssigner:
+    """The max-IoU assigner of one stage (its pos/neg/min-pos thresholds; crowd regions ignored)."""
+    return MaxIoUAssigner(
+        pos_iou_thr=cfg.pos_iou_thr,
+        neg_iou_thr=cfg.neg_iou_thr,
+        min_pos_iou=cfg.min_pos_iou,
+        allow_low_quality_matches=allow_low_quality_matches,
+        ignore_iof_thr=IGNORE_IOF_THR,
+    )
+
+
 def build_sampler(cfg: SamplerConfig, where: str, *, neg_iou_thr: float) -> BaseSampler:
     """The sampler named by ``cfg.kind`` (one of :data:`SAMPLER_KINDS`).
 
@@ -198,13 +222,7 @@ def build_faster_rcnn(cfg: ModelConfig, backbone: nn.Module, necks: nn.ModuleLis
         ),
         anchor_generator=anchor_generator,
         box_coder=DeltaXYWHBoxCoder(target_means=r.target_means, target_stds=r.target_stds, clip=cfg.bbox_clip),
-        assigner=MaxIoUAssigner(
-            pos_iou_thr=r.pos_iou_thr,
-            neg_iou_thr=r.neg_iou_thr,
-            min_pos_iou=r.min_pos_iou,
-            allow_low_quality_matches=r.allow_low_quality_matches,
-            ignore_iof_thr=IGNORE_IOF_THR,
-        ),
+        assigner=build_assigner(r, allow_low_quality_matches=r.allow_low_quality_matches),
         sampler=build_sampler(r.sampler, "model.rpn", neg_iou_thr=r.neg_iou_thr),
         # balanced_l1 on the RPN (no Libra config uses it) takes the paper's alpha 0.5, gamma 1.5, beta 1
         bbox_loss=build_bbox_loss(r.bbox_loss, where="model.rpn", smooth_l1_beta=r.smooth_l1_beta),
@@ -238,13 +256,7 @@ def build_faster_rcnn(cfg: ModelConfig, backbone: nn.Module, necks: nn.ModuleLis
         box_head=TwoFCHead(in_channels=channels, roi_size=h.roi_size, fc_channels=h.fc_channels),
         box_predictor=BoxPredictor(in_channels=h.fc_channels, num_classes=num_classes),
         box_coder=DeltaXYWHBoxCoder(target_means=h.target_means, target_stds=h.target_stds, clip=cfg.bbox_clip),
-        assigner=MaxIoUAssigner(
-            pos_iou_thr=h.pos_iou_thr,
-            neg_iou_thr=h.neg_iou_thr,
-            min_pos_iou=h.min_pos_iou,
-            allow_low_quality_matches=False,
-            ignore_iof_thr=IGNORE_IOF_THR,
-        ),
+        assigner=build_assigner(h, allow_low_quality_matches=False),
         sampler=build_sampler(h.sampler, "model.roi_head", neg_iou_thr=h.neg_iou_thr),
         bbox_loss=build_bbox_loss(
             h.bbox_loss,
@@ -261,6 +273,56 @@ def build_faster_rcnn(cfg: ModelConfig, backbone: nn.Module, necks: nn.ModuleLis
         max_per_img=h.max_per_img,
     )
     return FasterRCNN(backbone=backbone, necks=necks, rpn=rpn, roi_head=roi_head, loss_weights=cfg.loss_weights)
+
+
+def build_retinanet(cfg: ModelConfig, backbone: nn.Module, necks: nn.ModuleList) -> RetinaNet:
+    """RetinaNet from ``cfg`` (``cfg.retina_head``, ``cfg.fpn``) around a built backbone and necks.
+
+    """
+    h = cfg.retina_head
+    num_levels = cfg.fpn.max_level - cfg.fpn.min_level + 1
+    if len(h.anchors.strides) != num_levels:
+        raise ValueError(
+            f"model.retina_head.anchors.strides has {len(h.anchors.strides)} levels but the FPN makes "
+            f"{num_levels} (P{cfg.fpn.min_level}..P{cfg.fpn.max_level})"
+        )
+    anchor_generator = build_anchor_generator(h.anchors)
+    per_level = anchor_generator.num_anchors_per_location()
+    if len(set(per_level)) != 1:
+        raise ValueError(
+            f"model.retina_head.anchors: the head needs the same number of anchors on every level, got {per_level}"
+        )
+    head = RetinaHead(
+        num_classes=int(cfg.num_classes),  # type: ignore[arg-type]
+        in_channels=cfg.fpn.out_channels,
+        feat_channels=h.feat_channels,
+        stacked_convs=h.stacked_convs,
+        num_anchors=per_level[0],
+        prior_prob=h.prior_prob,
+        focal_alpha=h.focal_alpha,
+        focal_gamma=h.focal_gamma,
+        bbox_loss=build_bbox_loss(
+            h.bbox_loss,
+            where="model.retina_head",
+            smooth_l1_beta=h.smooth_l1_beta,
+            alpha=h.balanced_l1_alpha,
+            gamma=h.balanced_l1_gamma,
+            beta=h.balanced_l1_beta,
+        ),
+        score_thresh=h.score_thresh,
+        pre_nms_top_n=h.pre_nms_top_n,
+        nms_thresh=h.nms_thresh,
+        max_per_img=h.max_per_img,
+    )
+    return RetinaNet(
+        backbone=backbone,
+        necks=necks,
+        head=head,
+        anchor_generator=anchor_generator,
+        box_coder=DeltaXYWHBoxCoder(target_means=h.target_means, target_stds=h.target_stds, clip=cfg.bbox_clip),
+        assigner=build_assigner(h, allow_low_quality_matches=h.allow_low_quality_matches),
+        loss_weights=cfg.loss_weights,
+    )
 
 
 def build_model(cfg: Union[Config, ModelConfig], *, pretrained: bool = True) -> nn.Module:
@@ -287,7 +349,5 @@ def build_model(cfg: Union[Config, ModelConfig], *, pretrained: bool = True) -> 
     if m.arch == "faster_rcnn":
         return build_faster_rcnn(m, backbone, necks)
     if m.arch == "retinanet":
-        from .retinanet import build_retinanet  # RetinaNet's builder lives beside its detector
-
         return build_retinanet(m, backbone, necks)
     raise ValueError(f"model.arch: unknown '{m.arch}'; expected 'faster_rcnn' or 'retinanet'")

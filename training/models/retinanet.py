@@ -21,7 +21,6 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..config import ModelConfig
 from .anchors import AnchorGenerator
 from .assigner import MaxIoUAssigner
 from .box_coder import DeltaXYWHBoxCoder
@@ -29,7 +28,7 @@ from .dense_heads.retina_head import RetinaHead
 from .detector import Detector, validate_targets
 from .ops import Detections
 
-__all__ = ["RetinaNet", "build_retinanet"]
+__all__ = ["RetinaNet"]
 
 
 class RetinaNet(Detector):
@@ -104,63 +103,3 @@ class RetinaNet(Detector):
         return self.head.detect(
             cls_logits, bbox_deltas, anchors, image_sizes.to(torch.float32), box_coder=self.box_coder, max_dets=max_dets
         )
-
-
-def build_retinanet(cfg: ModelConfig, backbone: nn.Module, necks: nn.ModuleList) -> RetinaNet:
-    """RetinaNet from ``cfg`` (``cfg.retina_head``, ``cfg.fpn``) around a built backbone and necks.
-
-    Called by ``training.models.build.build_model`` for ``model.arch == "retinanet"``.
-    """
-    # imported here: build.py imports this module lazily, and its helpers are shared with Faster R-CNN
-    from .build import IGNORE_IOF_THR, build_anchor_generator, build_bbox_loss
-
-    h = cfg.retina_head
-    num_levels = cfg.fpn.max_level - cfg.fpn.min_level + 1
-    if len(h.anchors.strides) != num_levels:
-        raise ValueError(
-            f"model.retina_head.anchors.strides has {len(h.anchors.strides)} levels but the FPN makes "
-            f"{num_levels} (P{cfg.fpn.min_level}..P{cfg.fpn.max_level})"
-        )
-    anchor_generator = build_anchor_generator(h.anchors)
-    per_level = anchor_generator.num_anchors_per_location()
-    if len(set(per_level)) != 1:
-        raise ValueError(
-            f"model.retina_head.anchors: the head needs the same number of anchors on every level, got {per_level}"
-        )
-    head = RetinaHead(
-        num_classes=int(cfg.num_classes),  # type: ignore[arg-type]
-        in_channels=cfg.fpn.out_channels,
-        feat_channels=h.feat_channels,
-        stacked_convs=h.stacked_convs,
-        num_anchors=per_level[0],
-        prior_prob=h.prior_prob,
-        focal_alpha=h.focal_alpha,
-        focal_gamma=h.focal_gamma,
-        bbox_loss=build_bbox_loss(
-            h.bbox_loss,
-            where="model.retina_head",
-            smooth_l1_beta=h.smooth_l1_beta,
-            alpha=h.balanced_l1_alpha,
-            gamma=h.balanced_l1_gamma,
-            beta=h.balanced_l1_beta,
-        ),
-        score_thresh=h.score_thresh,
-        pre_nms_top_n=h.pre_nms_top_n,
-        nms_thresh=h.nms_thresh,
-        max_per_img=h.max_per_img,
-    )
-    return RetinaNet(
-        backbone=backbone,
-        necks=necks,
-        head=head,
-        anchor_generator=anchor_generator,
-        box_coder=DeltaXYWHBoxCoder(target_means=h.target_means, target_stds=h.target_stds, clip=cfg.bbox_clip),
-        assigner=MaxIoUAssigner(
-            pos_iou_thr=h.pos_iou_thr,
-            neg_iou_thr=h.neg_iou_thr,
-            min_pos_iou=h.min_pos_iou,
-            allow_low_quality_matches=h.allow_low_quality_matches,
-            ignore_iof_thr=IGNORE_IOF_THR,
-        ),
-        loss_weights=cfg.loss_weights,
-    )
