@@ -22,6 +22,7 @@ import torch.utils.data
 from PIL import Image, ImageOps
 from pycocotools.coco import COCO
 
+from training.data.annotation_file import TOP_LEVEL_KEYS, read_annotation_json
 from training.data.errors import (
     AnnotationError,
     DatasetError,
@@ -35,7 +36,6 @@ logger = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
 Transforms = Callable[[Image.Image, dict], tuple]
 
-TOP_LEVEL_KEYS = ("images", "annotations", "categories")
 REQUIRED_KEYS = {
     "images": ("id", "file_name", "width", "height"),
     "annotations": ("id", "image_id", "category_id", "bbox"),
@@ -50,34 +50,6 @@ MAX_LISTED = 5  # problems quoted in an exception message
 # --------------------------------------------------------------------------- annotation file
 
 
-def read_annotation_json(ann_file: PathLike) -> dict:
-    """Parses a COCO annotation file; raises AnnotationError naming the file (and line/column)."""
-    path = os.fspath(ann_file)
-    if os.path.isdir(path):
-        raise AnnotationError(f"annotation file is a directory, not a JSON file: {path}")
-    if not os.path.isfile(path):
-        raise AnnotationError(f"annotation file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise AnnotationError(
-            f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-        ) from None
-    except UnicodeDecodeError as exc:
-        raise AnnotationError(
-            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"
-        ) from None
-    except OSError as exc:
-        raise AnnotationError(
-            f"{path}: cannot read annotation file: {exc.strerror or exc}"
-        ) from None
-    if not isinstance(data, dict):
-        raise AnnotationError(
-            f"{path}: top level must be a JSON object with keys {', '.join(TOP_LEVEL_KEYS)}; "
-            f"got a JSON {type(data).__name__}"
-        )
-    return data
 
 
 def _is_int(value: Any) -> bool:

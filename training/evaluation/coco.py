@@ -31,6 +31,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from training.data.annotation_file import read_annotation_json
+from training.data.errors import AnnotationError
 from training.evaluation.concept_metrics import ImageDetections, ImageGroundTruth, concept_metrics
 
 __all__ = [
@@ -77,15 +79,10 @@ def _read_ground_truth(coco_gt: GroundTruth, source: Optional[str]) -> Tuple[dic
     """The COCO dict of ``coco_gt`` (file path, dict, or COCO object with ``.dataset``)."""
     if isinstance(coco_gt, (str, os.PathLike)):
         path = os.fspath(coco_gt)
-        if not os.path.isfile(path):
-            raise EvaluationError(f"ground-truth annotation file not found: {path}")
         try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise EvaluationError(
-                f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}"
-            ) from None
+            data = read_annotation_json(path)
+        except AnnotationError as e:
+            raise EvaluationError(f"ground truth: {e}") from None
         name = source or path
     elif isinstance(coco_gt, Mapping):
         data, name = coco_gt, source or "ground-truth dict"
