@@ -189,16 +189,23 @@ def build_sampler(cfg: SamplerConfig, where: str, *, neg_iou_thr: float) -> Base
         raise ValueError(f"{where}.sampler: {e}") from None
 
 
-def build_bbox_loss(
-    kind: str, *, where: str, smooth_l1_beta: float, alpha: float = 0.5, gamma: float = 1.5, beta: float = 1.0
-) -> nn.Module:
-    """A box loss with the ``training.models.losses`` signature (``avg_factor`` = sample count)."""
+def build_bbox_loss(cfg: Union[RPNConfig, RoIHeadConfig, RetinaHeadConfig], where: str) -> nn.Module:
+    """The stage's box loss (``cfg.bbox_loss``) with the ``training.models.losses`` signature.
+
+    ``RPNConfig`` has no ``balanced_l1_*`` fields (no Libra config balances the RPN): Balanced L1
+    there takes the paper's alpha 0.5, gamma 1.5, beta 1.
+    """
+    kind = cfg.bbox_loss
     if kind == "l1":
         return L1Loss()
     if kind == "smooth_l1":
-        return SmoothL1Loss(beta=smooth_l1_beta)
+        return SmoothL1Loss(beta=cfg.smooth_l1_beta)
     if kind == "balanced_l1":
-        return BalancedL1Loss(alpha=alpha, gamma=gamma, beta=beta)
+        return BalancedL1Loss(
+            alpha=getattr(cfg, "balanced_l1_alpha", 0.5),
+            gamma=getattr(cfg, "balanced_l1_gamma", 1.5),
+            beta=getattr(cfg, "balanced_l1_beta", 1.0),
+        )
     raise ValueError(f"{where}.bbox_loss: unknown '{kind}'; expected 'l1', 'smooth_l1' or 'balanced_l1'")
 
 
@@ -224,8 +231,7 @@ def build_faster_rcnn(cfg: ModelConfig, backbone: nn.Module, necks: nn.ModuleLis
         box_coder=DeltaXYWHBoxCoder(target_means=r.target_means, target_stds=r.target_stds, clip=cfg.bbox_clip),
         assigner=build_assigner(r, allow_low_quality_matches=r.allow_low_quality_matches),
         sampler=build_sampler(r.sampler, "model.rpn", neg_iou_thr=r.neg_iou_thr),
-        # balanced_l1 on the RPN (no Libra config uses it) takes the paper's alpha 0.5, gamma 1.5, beta 1
-        bbox_loss=build_bbox_loss(r.bbox_loss, where="model.rpn", smooth_l1_beta=r.smooth_l1_beta),
+        bbox_loss=build_bbox_loss(r, "model.rpn"),
         pre_nms_top_n_train=r.pre_nms_top_n_train,
         pre_nms_top_n_test=r.pre_nms_top_n_test,
         post_nms_top_n_train=r.post_nms_top_n_train,
@@ -258,14 +264,7 @@ def build_faster_rcnn(cfg: ModelConfig, backbone: nn.Module, necks: nn.ModuleLis
         box_coder=DeltaXYWHBoxCoder(target_means=h.target_means, target_stds=h.target_stds, clip=cfg.bbox_clip),
         assigner=build_assigner(h, allow_low_quality_matches=False),
         sampler=build_sampler(h.sampler, "model.roi_head", neg_iou_thr=h.neg_iou_thr),
-        bbox_loss=build_bbox_loss(
-            h.bbox_loss,
-            where="model.roi_head",
-            smooth_l1_beta=h.smooth_l1_beta,
-            alpha=h.balanced_l1_alpha,
-            gamma=h.balanced_l1_gamma,
-            beta=h.balanced_l1_beta,
-        ),
+        bbox_loss=build_bbox_loss(h, "model.roi_head"),
         num_classes=num_classes,
         add_gt_as_proposals=h.sampler.add_gt_as_proposals,
         score_thresh=h.score_thresh,
@@ -301,14 +300,7 @@ def build_retinanet(cfg: ModelConfig, backbone: nn.Module, necks: nn.ModuleList)
         prior_prob=h.prior_prob,
         focal_alpha=h.focal_alpha,
         focal_gamma=h.focal_gamma,
-        bbox_loss=build_bbox_loss(
-            h.bbox_loss,
-            where="model.retina_head",
-            smooth_l1_beta=h.smooth_l1_beta,
-            alpha=h.balanced_l1_alpha,
-            gamma=h.balanced_l1_gamma,
-            beta=h.balanced_l1_beta,
-        ),
+        bbox_loss=build_bbox_loss(h, "model.retina_head"),
         score_thresh=h.score_thresh,
         pre_nms_top_n=h.pre_nms_top_n,
         nms_thresh=h.nms_thresh,
