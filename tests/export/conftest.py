@@ -16,11 +16,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.config import Config, load_config
-from training.models import build_model
+from tests.helpers.detections import build_with_redrawn_heads, match_detections
+from training.config import Config
 
 REPO = Path(__file__).resolve().parents[2]
-NUM_CLASSES = 3
 CLASS_NAMES = ["square", "circle", "triangle"]
 EXPORT_SIZE = (224, 288)  # traced at this size; the checks run other sizes and batch sizes
 
@@ -44,17 +43,7 @@ MODELS: Dict[str, Tuple[str, Sequence[str], Sequence[Tuple[str, float, float]]]]
 def make_model(name: str, *, seed: int = 0, overrides: Sequence[str] = ()) -> Tuple[torch.nn.Module, Config]:
     """Model ``name`` of :data:`MODELS` (eval mode) with re-drawn head layers, and its config."""
     config, base_overrides, heads = MODELS[name]
-    cfg = load_config(REPO / "configs" / config, [f"model.num_classes={NUM_CLASSES}", *base_overrides, *overrides])
-    cfg.model.class_names = list(CLASS_NAMES)
-    torch.manual_seed(seed)
-    model = build_model(cfg, pretrained=False).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for path, std, bias in heads:
-            layer = model.get_submodule(path)
-            layer.weight.normal_(0.0, std, generator=g)
-            layer.bias.normal_(bias, 0.1, generator=g)
-    return model, cfg
+    return build_with_redrawn_heads(REPO / "configs" / config, [*base_overrides, *overrides], heads, CLASS_NAMES, seed=seed)
 
 
 def smooth_images(batch: int, height: int, width: int, valid: Sequence[Tuple[int, int]], seed: int) -> torch.Tensor:
@@ -79,31 +68,11 @@ def run_ort(path: Path, images: torch.Tensor, sizes: Sequence[Tuple[int, int]]) 
     return session.run(["num_dets", "boxes", "scores", "labels"], feeds)
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU [N, M] of x1y1x2y2 boxes."""
-    a, b = a.astype(np.float64)[:, None], b.astype(np.float64)[None]
-    wh = np.clip(np.minimum(a[..., 2:], b[..., 2:]) - np.maximum(a[..., :2], b[..., :2]), 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    union = area_a + area_b - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 1.0)
-
-
 def assert_same_detections(ref: Dict[str, torch.Tensor], boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, where: str) -> None:
     """Eager detections of one image vs the graph's valid rows: same count; each eager detection
     matched (same label, greedy by score) with IoU >= 0.99 and |score diff| <= 1e-4."""
-    rb, rs, rl = ref["boxes"].numpy(), ref["scores"].numpy(), ref["labels"].numpy()
-    assert len(rb) == len(boxes), f"{where}: {len(rb)} eager vs {len(boxes)} ONNX Runtime detections"
-    iou = box_iou(rb, boxes)
-    iou[rl[:, None] != labels[None, :]] = -1.0
-    used = np.zeros(len(boxes), dtype=bool)
-    for i in np.argsort(-rs, kind="stable"):
-        cand = np.where(used, -2.0, iou[i])
-        j = int(np.argmax(cand))
-        assert cand[j] >= 0.99, f"{where}: detection {i} ({rl[i]}, {rs[i]:.5f}, {rb[i].tolist()}) unmatched, best IoU {cand[j]:.4f}"
-        assert abs(float(rs[i]) - float(scores[j])) <= 1e-4, f"{where}: detection {i} score {rs[i]} vs {scores[j]}"
-        used[j] = True
+    ref_arrays = (ref["boxes"].numpy(), ref["scores"].numpy(), ref["labels"].numpy())
+    match_detections(ref_arrays, (boxes, scores, labels), min_iou=0.99, max_score_diff=1e-4, where=where)
 
 
 @pytest.fixture(scope="session")

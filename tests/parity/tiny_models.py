@@ -14,12 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, Sequence, Tuple
 
-import numpy as np
-import torch
-
-from training.config import load_config
+from tests.helpers.detections import box_iou, build_with_redrawn_heads
+from tests.helpers.detections import match_detections as _match
 from training.data.synthetic import CATEGORIES
-from training.models import build_model
 from training.models.checkpoint import make_checkpoint, save_checkpoint
 
 __all__ = ["MODELS", "CLASS_NAMES", "CAT_IDS", "make_checkpoint_file", "match_detections", "box_iou"]
@@ -54,54 +51,20 @@ def make_checkpoint_file(name: str, path: Path, *, seed: int = 0) -> Path:
     """Build model ``name`` of :data:`MODELS` for the synthetic dataset's 6 classes, re-draw its
     head layers, and save it as a checkpoint (with ``meta.cat_ids``) at ``path``."""
     config, overrides, heads = MODELS[name]
-    cfg = load_config(REPO / config, [f"model.num_classes={len(CLASS_NAMES)}", *overrides])
-    cfg.model.class_names = list(CLASS_NAMES)
-    torch.manual_seed(seed)
-    model = build_model(cfg, pretrained=False).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for layer_path, std, bias in heads:
-            layer = model.get_submodule(layer_path)
-            layer.weight.normal_(0.0, std, generator=g)
-            layer.bias.normal_(bias, 0.1, generator=g)
+    model, cfg = build_with_redrawn_heads(REPO / config, overrides, heads, CLASS_NAMES, seed=seed)
     payload = make_checkpoint(model, cfg, meta={"cat_ids": list(CAT_IDS), "class_names": list(CLASS_NAMES)})
     return save_checkpoint(path, payload)
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU [N, M] of x1y1x2y2 boxes a [N, 4] and b [M, 4]."""
-    a = a.astype(np.float64)[:, None]
-    b = b.astype(np.float64)[None]
-    wh = np.clip(np.minimum(a[..., 2:], b[..., 2:]) - np.maximum(a[..., :2], b[..., :2]), 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    area = lambda x: (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])  # noqa: E731
-    union = area(a) + area(b) - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), (inter == 0) * 1.0)
 
 
 def match_detections(ref, other, *, min_iou: float = 0.99, max_score_diff: float = 1e-4) -> Tuple[float, float]:
     """Match each detection of ``ref`` to one of ``other`` (same label, best IoU, greedy by score)
     and assert the counts, IoUs, scores and category ids agree. Returns (min IoU, max |score
     diff|) over the matches (1.0, 0.0 when both are empty)."""
-    assert len(ref) == len(other), f"{len(ref)} vs {len(other)} detections"
-    if len(ref) == 0:
-        return 1.0, 0.0
-    iou = box_iou(ref.boxes, other.boxes)
-    iou[ref.labels[:, None] != other.labels[None, :]] = -1.0
-    used = np.zeros(len(other), dtype=bool)
-    ious, diffs = [], []
-    for i in np.argsort(-ref.scores, kind="stable"):
-        candidates = np.where(used, -2.0, iou[i])
-        j = int(np.argmax(candidates))
-        assert candidates[j] >= min_iou, (
-            f"detection {i} (label {ref.labels[i]}, score {ref.scores[i]:.5f}, box {ref.boxes[i].tolist()}) has no "
-            f"match: best IoU {candidates[j]:.4f} with {other.boxes[j].tolist()} (label {other.labels[j]})"
-        )
-        diff = abs(float(ref.scores[i]) - float(other.scores[j]))
-        assert diff <= max_score_diff, f"detection {i}: scores {ref.scores[i]} vs {other.scores[j]}"
-        if ref.category_ids is not None or other.category_ids is not None:
+    pairs, worst_iou, worst_diff = _match(
+        (ref.boxes, ref.scores, ref.labels), (other.boxes, other.scores, other.labels),
+        min_iou=min_iou, max_score_diff=max_score_diff,
+    )
+    if ref.category_ids is not None or other.category_ids is not None:
+        for i, j in pairs:
             assert ref.category_ids[i] == other.category_ids[j]
-        used[j] = True
-        ious.append(float(candidates[j]))
-        diffs.append(diff)
-    return min(ious), max(diffs)
+    return worst_iou, worst_diff
